@@ -1,0 +1,548 @@
+//! The HTTP API: one entry point that authenticates, routes Kubernetes paths to verbs on
+//! the store, and renders every refusal as a `Status`.
+
+mod objects;
+mod request;
+mod watch;
+
+pub use objects::{DeleteOptions, now};
+pub use request::{Output, Query, Route, Target, route};
+
+use crate::auth::{Auth, Identity};
+use crate::codec::{self, FieldValidation};
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::patch::{self, PatchKind};
+use crate::resources::Resource;
+use crate::select::{FieldSelector, LabelSelector};
+use crate::store::{ListOptions, Store};
+use crate::table;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use http_body_util::BodyExt;
+use objects::parse;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body accepted (Kubernetes' limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The apiserver's shared state.
+pub struct Api {
+    /// The object store.
+    pub store: Arc<dyn Store>,
+    auth: Auth,
+    /// Request metrics.
+    pub metrics: Metrics,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl Api {
+    /// An apiserver over `store` accepting `auth`'s tokens; watches end when `shutdown`
+    /// turns true.
+    pub fn new(store: Arc<dyn Store>, auth: Auth, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Api> {
+        Arc::new(Api { store, auth, metrics: Metrics::default(), shutdown, extra_metrics: None })
+    }
+
+    /// Same, with a function adding more Prometheus text to `/metrics`.
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        auth: Auth,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        extra: Box<dyn Fn() -> String + Send + Sync>,
+    ) -> Arc<Api> {
+        Arc::new(Api { store, auth, metrics: Metrics::default(), shutdown, extra_metrics: Some(extra) })
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// The router serving the whole API.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new().fallback(handle).with_state(api)
+}
+
+/// Label and field selectors of a list or watch.
+#[derive(Clone, Debug, Default)]
+pub struct Selectors {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Selectors {
+    fn parse(res: &Resource, q: &Query) -> ApiResult<Selectors> {
+        Ok(Selectors {
+            labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(res.kind, q.get("fieldSelector").unwrap_or(""))?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(&obj["metadata"]["labels"]) && self.fields.matches(obj)
+    }
+}
+
+fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+}
+
+fn value_response(code: StatusCode, v: &Value) -> Response {
+    json_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
+}
+
+async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (verb, resource, resp) = dispatch(&api, req).await;
+    let resp = resp.unwrap_or_else(IntoResponse::into_response);
+    api.metrics.observe(&verb, &resource, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+type Dispatched = (String, String, Result<Response, ApiError>);
+
+async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
+    let path = req.uri().path().to_string();
+    let route = request::route(&path);
+    match route {
+        Route::Health => return ("get".into(), "healthz".into(), Ok((StatusCode::OK, "ok").into_response())),
+        Route::Version => return ("get".into(), "version".into(), Ok(value_response(StatusCode::OK, &discovery::version()))),
+        _ => {}
+    }
+    let Some(id) = api.auth.authenticate(req.headers().get(header::AUTHORIZATION)) else {
+        return ("".into(), "".into(), Err(ApiError::unauthorized()));
+    };
+    let method = req.method().clone();
+    if !matches!(route, Route::Resource(_)) && method != Method::GET {
+        return ("".into(), "".into(), Err(ApiError::method_not_allowed(&path)));
+    }
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    match route {
+        Route::Metrics => {
+            let mut text = api.metrics.render();
+            if let Some(f) = &api.extra_metrics {
+                text.push_str(&f());
+            }
+            ("get".into(), "metrics".into(), Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()))
+        }
+        Route::Api => ("get".into(), "discovery".into(), Ok(discovery_response(&accept, true))),
+        Route::Apis => ("get".into(), "discovery".into(), Ok(discovery_response(&accept, false))),
+        Route::Group(g) => {
+            let r = discovery::api_group(&g).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            ("get".into(), "discovery".into(), r)
+        }
+        Route::ResourceList(g, v) => {
+            let r = discovery::resource_list(&g, &v).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            ("get".into(), "discovery".into(), r)
+        }
+        Route::OpenApiIndex => ("get".into(), "openapi".into(), Ok(value_response(StatusCode::OK, &discovery::openapi_index()))),
+        Route::OpenApiDoc(p) => {
+            let r = discovery::openapi_doc(&p).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            ("get".into(), "openapi".into(), r)
+        }
+        Route::NotFound => ("".into(), "".into(), Err(ApiError::no_route(&path))),
+        Route::Resource(t) => {
+            let q = Query::parse(req.uri().query());
+            let verb = verb_of(&method, &t, &q);
+            let label = match &t.sub {
+                Some(s) => format!("{}/{s}", t.res.plural),
+                None => t.res.plural.to_string(),
+            };
+            let r = match api.auth.authorize(id, &verb, t.res, t.sub.as_deref(), t.ns.as_deref()) {
+                Ok(()) => resource(api, id, t, q, &verb, &accept, req).await,
+                Err(e) => Err(e),
+            };
+            (verb, label, r)
+        }
+        Route::Health | Route::Version => unreachable!("answered above"),
+    }
+}
+
+fn discovery_response(accept: &str, legacy: bool) -> Response {
+    // Aggregated discovery when asked for, plain otherwise; kubectl goes by Content-Type.
+    for v in ["v2", "v2beta1"] {
+        if accept.contains(&format!("g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")) {
+            let body = discovery::aggregated(legacy, &format!("apidiscovery.k8s.io/{v}"));
+            let ct = format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+            return (StatusCode::OK, [(header::CONTENT_TYPE, ct)], serde_json::to_vec(&body).unwrap_or_default()).into_response();
+        }
+    }
+    let body = if legacy { discovery::api_versions() } else { discovery::api_group_list() };
+    value_response(StatusCode::OK, &body)
+}
+
+fn verb_of(method: &Method, t: &Target, q: &Query) -> String {
+    let v = match *method {
+        Method::GET if t.watch_path || q.flag("watch") => "watch",
+        Method::GET if t.name.is_some() => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if t.name.is_some() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unsupported",
+    };
+    v.to_string()
+}
+
+async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > MAX_BODY
+    {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok((ct, c.to_bytes())),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body failed: {e}"))),
+    }
+}
+
+async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str, accept: &str, req: Request) -> ApiResult<Response> {
+    let res = t.res;
+    let ns = t.ns.as_deref();
+    let fv = FieldValidation::parse(q.get("fieldValidation"))?;
+    match (verb, t.name.as_deref(), t.sub.as_deref()) {
+        ("list", None, None) => {
+            let output = request::negotiate(Some(accept), &q)?;
+            list(api, res, ns, &q, output)
+        }
+        ("watch", None, None) => {
+            let output = request::negotiate(Some(accept), &q)?;
+            let sel = Selectors::parse(res, &q)?;
+            watch::serve(api.clone(), res, res.ns_prefix(ns), &q, output, sel).await
+        }
+        ("watch", Some(name), None) => {
+            // Old-style watch of one object.
+            let output = request::negotiate(Some(accept), &q)?;
+            let mut sel = Selectors::parse(res, &q)?;
+            sel.fields = FieldSelector::parse(res.kind, &format!("metadata.name={name}"))?;
+            watch::serve(api.clone(), res, res.ns_prefix(ns), &q, output, sel).await
+        }
+        ("get", Some(name), None | Some("status")) => {
+            let output = request::negotiate(Some(accept), &q)?;
+            let kv = api.get_kv(res, ns, name)?;
+            match output {
+                Output::Json => Ok(json_response(StatusCode::OK, kv.value)),
+                Output::Table(include) => {
+                    let obj = parse(&kv)?;
+                    let md = json!({"resourceVersion": kv.mod_revision.to_string()});
+                    Ok(value_response(StatusCode::OK, &table::table(res.kind, &[obj], md, include, true)))
+                }
+            }
+        }
+        ("get", Some(name), Some("scale")) => {
+            let kv = api.get_kv(res, ns, name)?;
+            Ok(value_response(StatusCode::OK, &scale_of(&parse(&kv)?)))
+        }
+        ("get", Some(name), Some("log")) => {
+            let kv = api.get_kv(res, ns, name)?;
+            let pod = parse(&kv)?;
+            match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                None => Err(ApiError::bad_request(format!("pod {name} does not have a host assigned"))),
+                Some(node) => Err(ApiError::unavailable(format!(
+                    "logs of pod {name} are kept on node {node}, and no node agent serves logs yet"
+                ))),
+            }
+        }
+        ("create", None, None) => {
+            let dry = q.dry_run()?;
+            let (ct, body) = read_body(req).await?;
+            let obj = codec::decode(&ct, &body)?;
+            let w = api.create(res, ns, obj, fv, dry).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, w.body), &w.warnings))
+        }
+        ("create", Some(name), Some("binding")) => {
+            let (ct, body) = read_body(req).await?;
+            let b = codec::decode(&ct, &body)?;
+            bind(api, res, ns, name, &b).await
+        }
+        ("update", Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
+            let dry = q.dry_run()?;
+            let (ct, body) = read_body(req).await?;
+            let new = codec::decode(&ct, &body)?;
+            let status_sub = sub.filter(|s| *s == "status");
+            let finalize = sub == Some("finalize");
+            let w = api
+                .update(res, ns, name, status_sub, fv, dry, |cur| {
+                    if finalize {
+                        let mut c = cur.clone();
+                        c["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+                        if let Some(rv) = new["metadata"].get("resourceVersion") {
+                            c["metadata"]["resourceVersion"] = rv.clone();
+                        }
+                        return Ok(c);
+                    }
+                    Ok(new.clone())
+                })
+                .await?;
+            Ok(with_warnings(json_response(StatusCode::OK, w.body), &w.warnings))
+        }
+        ("patch", Some(name), sub @ (None | Some("status"))) => {
+            let dry = q.dry_run()?;
+            let (ct, body) = read_body(req).await?;
+            let kind = PatchKind::from_content_type(&ct)?;
+            let p: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}")))?;
+            let w = api.update(res, ns, name, sub, fv, dry, |cur| patch::apply(kind, cur, &p)).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, w.body), &w.warnings))
+        }
+        ("update" | "patch", Some(name), Some("scale")) => {
+            let dry = q.dry_run()?;
+            let (ct, body) = read_body(req).await?;
+            let input = if verb == "patch" {
+                let kind = PatchKind::from_content_type(&ct)?;
+                let p: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}")))?;
+                Err((kind, p))
+            } else {
+                Ok(codec::decode(&ct, &body)?)
+            };
+            let w = api
+                .update(res, ns, name, None, FieldValidation::Ignore, dry, |cur| {
+                    let scale = match &input {
+                        Ok(s) => s.clone(),
+                        Err((kind, p)) => patch::apply(*kind, &scale_of(cur), p)?,
+                    };
+                    let replicas = scale["spec"]["replicas"].clone();
+                    if !replicas.is_i64() {
+                        return Err(ApiError::bad_request("Scale spec.replicas must be an integer"));
+                    }
+                    let mut c = cur.clone();
+                    c["spec"]["replicas"] = replicas;
+                    if let Some(rv) = scale["metadata"].get("resourceVersion").filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+                        c["metadata"]["resourceVersion"] = rv.clone();
+                    }
+                    Ok(c)
+                })
+                .await?;
+            let obj: Value = serde_json::from_slice(&w.body).map_err(ApiError::internal)?;
+            Ok(value_response(StatusCode::OK, &scale_of(&obj)))
+        }
+        ("delete", Some(name), None) => {
+            let (ct, body) = read_body(req).await?;
+            let opts = delete_options(&q, &ct, &body)?;
+            let out = api.delete(res, ns, name, opts).await?;
+            Ok(json_response(StatusCode::OK, out))
+        }
+        ("deletecollection", None, None) => {
+            let (ct, body) = read_body(req).await?;
+            let opts = delete_options(&q, &ct, &body)?;
+            let sel = Selectors::parse(res, &q)?;
+            let items = api.store.list(&res.ns_prefix(ns), &ListOptions::default()).map_err(|e| ApiError::from_store(e, res, ""))?;
+            let mut deleted = Vec::new();
+            for kv in items.items {
+                let obj = parse(&kv)?;
+                if !sel.matches(&obj) {
+                    continue;
+                }
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let ons = obj["metadata"]["namespace"].as_str().map(String::from);
+                match api.delete(res, ons.as_deref(), &name, opts.clone()).await {
+                    Ok(b) => deleted.push(serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let list = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {"resourceVersion": api.store.revision().to_string()}, "items": deleted});
+            Ok(value_response(StatusCode::OK, &list))
+        }
+        (v, _, sub) => Err(ApiError::method_not_allowed(&format!(
+            "{v} on {}{}",
+            res.plural,
+            sub.map(|s| format!("/{s}")).unwrap_or_default()
+        ))),
+    }
+}
+
+fn delete_options(q: &Query, ct: &str, body: &[u8]) -> ApiResult<DeleteOptions> {
+    let opts = DeleteOptions {
+        grace: q.int("gracePeriodSeconds")?,
+        propagation: q.get("propagationPolicy").map(String::from),
+        dry_run: q.dry_run()?,
+        ..Default::default()
+    };
+    let body = if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { codec::decode(ct, body)? };
+    opts.from_body(&body)
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let md = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": md["name"], "namespace": md["namespace"], "uid": md["uid"],
+            "resourceVersion": md["resourceVersion"], "creationTimestamp": md["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
+}
+
+async fn bind(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, name: &str, b: &Value) -> ApiResult<Response> {
+    let node = b["target"]["name"].as_str().filter(|n| !n.is_empty()).map(String::from);
+    let Some(node) = node else {
+        let causes = [crate::validation::Cause::required("target.name")];
+        return Err(ApiError::invalid(res, name, &causes));
+    };
+    if b["target"]["kind"].as_str().is_some_and(|k| !k.is_empty() && k != "Node") {
+        return Err(ApiError::bad_request("a binding's target must be a Node"));
+    }
+    api.update(res, ns, name, None, FieldValidation::Ignore, false, |cur| {
+        if let Some(existing) = cur["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""),
+                details: None,
+            });
+        }
+        if !cur["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::conflict(res, name));
+        }
+        let mut c = cur.clone();
+        c["spec"]["nodeName"] = json!(node);
+        Ok(c)
+    })
+    .await?;
+    // The condition is status; write it through the status path.
+    api.update(res, ns, name, Some("status"), FieldValidation::Ignore, false, |cur| {
+        let mut c = cur.clone();
+        let conds = c["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let mut conds: Vec<Value> = conds.into_iter().filter(|x| x["type"] != "PodScheduled").collect();
+        conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}));
+        c["status"]["conditions"] = json!(conds);
+        Ok(c)
+    })
+    .await?;
+    Ok(value_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    rv: u64,
+    start: String,
+}
+
+fn list(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, q: &Query, output: Output) -> ApiResult<Response> {
+    let sel = Selectors::parse(res, q)?;
+    let limit = q.int("limit")?.unwrap_or(0) as usize;
+    let prefix = res.ns_prefix(ns);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (mut revision, mut start) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let tok: Continue = b64
+                .decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .filter(|t: &Continue| t.start.starts_with(&prefix))
+                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+            (Some(tok.rv), Some(tok.start))
+        }
+        None => {
+            let rv = match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
+                (Some(rv), Some("Exact")) if !rv.is_empty() => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?),
+                _ => None,
+            };
+            (rv, None)
+        }
+    };
+    let mut items = Vec::new();
+    let mut more = false;
+    let mut last_key = None;
+    'pages: loop {
+        let page = api
+            .store
+            .list(&prefix, &ListOptions { start_after: start.clone(), limit, revision })
+            .map_err(|e| match e {
+                crate::store::StoreError::Compacted { .. } if q.get("continue").is_some() => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                e => ApiError::from_store(e, res, ""),
+            })?;
+        revision = Some(page.revision);
+        let n = page.items.len();
+        for (i, kv) in page.items.into_iter().enumerate() {
+            last_key = Some(kv.key.to_string());
+            if sel.is_empty() {
+                items.push((kv, None));
+            } else {
+                let o = parse(&kv)?;
+                if sel.matches(&o) {
+                    items.push((kv, Some(o)));
+                }
+            }
+            if limit > 0 && items.len() >= limit {
+                more = i + 1 < n || page.more;
+                break 'pages;
+            }
+        }
+        if !page.more {
+            break;
+        }
+        start = last_key.clone();
+    }
+    let rv = revision.unwrap_or_else(|| api.store.revision());
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if more && let Some(k) = last_key {
+        let tok = serde_json::to_vec(&Continue { rv, start: k }).map_err(ApiError::internal)?;
+        meta["continue"] = json!(b64.encode(tok));
+    }
+    match output {
+        Output::Json => {
+            let mut out = Vec::with_capacity(items.iter().map(|(kv, _)| kv.value.len() + 1).sum::<usize>() + 128);
+            out.extend_from_slice(format!("{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":", res.kind, res.api_version()).as_bytes());
+            out.extend_from_slice(&serde_json::to_vec(&meta).map_err(ApiError::internal)?);
+            out.extend_from_slice(b",\"items\":[");
+            for (i, (kv, _)) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&kv.value);
+            }
+            out.extend_from_slice(b"]}");
+            Ok(json_response(StatusCode::OK, out))
+        }
+        Output::Table(include) => {
+            let objs = items
+                .into_iter()
+                .map(|(kv, o)| match o {
+                    Some(o) => Ok(o),
+                    None => parse(&kv),
+                })
+                .collect::<ApiResult<Vec<Value>>>()?;
+            Ok(value_response(StatusCode::OK, &table::table(res.kind, &objs, meta, include, true)))
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Skiff's control plane: a Kubernetes-compatible apiserver on an embedded store.
+//!
+//! Data flows from a client request through [`apiserver`] (routing, authentication,
+//! the verbs), [`codec`] and [`validation`] (the object as Kubernetes would accept it),
+//! into the [`store`] (etcd's model on a redb file), and back out to watchers.
+//! [`server::run`] wires it all together behind TLS; start reading there.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), skiff_api::server::ServerError> {
+//! use skiff_api::server::{run, ServerConfig};
+//! let cfg = ServerConfig { data_dir: "/tmp/skiff".into(), bind: [127, 0, 0, 1].into(), port: 6443 };
+//! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
+//! # }
+//! ```
+
+pub mod apiserver;
+pub mod auth;
+pub mod codec;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
+pub mod metrics;
+pub mod patch;
+pub mod pki;
+pub mod protobuf;
+pub mod resources;
+pub mod select;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod validation;

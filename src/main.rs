@@ -1,0 +1,106 @@
+//! The `skiff` binary: command-line wiring only.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "A WebAssembly-native orchestrator that speaks the Kubernetes API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (apiserver on the embedded store).
+    Server {
+        /// State directory: store, certificates, tokens, kubeconfig.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// Run the control plane only, without a node agent for this machine.
+        #[arg(long)]
+        no_agent: bool,
+        /// Name of this machine's node.
+        #[arg(long)]
+        node_name: Option<String>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn default_data_dir() -> PathBuf {
+    // SAFETY-free check for root: the effective uid is in /proc/self/status.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/skiff");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("skiff");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/skiff")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Server { data_dir, bind, port, no_agent, node_name } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            if !no_agent {
+                tracing::warn!("the node agent is not built yet: running the control plane only (as with --no-agent)");
+            }
+            let _ = node_name;
+            let data_dir = data_dir.unwrap_or_else(default_data_dir);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+            rt.block_on(async move {
+                let cfg = skiff_api::server::ServerConfig { data_dir: data_dir.clone(), bind, port };
+                skiff_api::server::run(cfg, shutdown_signal(), |r| {
+                    tracing::info!(
+                        address = %r.addr,
+                        kubeconfig = %r.credentials.kubeconfig.display(),
+                        "skiff server ready: kubectl --kubeconfig {}",
+                        r.credentials.kubeconfig.display()
+                    );
+                })
+                .await
+                .with_context(|| format!("skiff server (data dir {})", data_dir.display()))
+            })
+        }
+    }
+}
