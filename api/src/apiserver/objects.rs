@@ -197,7 +197,9 @@ impl Api {
         }
         md["uid"] = json!(uuid::Uuid::new_v4().to_string());
         md["creationTimestamp"] = json!(now());
-        md["generation"] = json!(1);
+        if tracks_generation(res) {
+            md["generation"] = json!(1);
+        }
         self.namespace_ok(res, ns)?;
         self.prepare_new(res, &mut obj)?;
         let attempts = if generate { 8 } else { 1 };
@@ -422,7 +424,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(res, name, &causes));
         }
-        if spec_part(old) != spec_part(&new) {
+        if tracks_generation(res) && spec_part(old) != spec_part(&new) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
@@ -561,6 +563,10 @@ impl Api {
 
     async fn finalize_namespace_inner(self: Arc<Self>, ns: String) {
         let nsres = by_kind("Namespace").expect("namespaces are served");
+        // Like Kubernetes' namespace controller, start a moment after the namespace is
+        // marked: a client deleting the namespace and its content in one go (`kubectl
+        // delete -f` of a file holding both) finds its objects still there.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let mut delay = std::time::Duration::from_millis(50);
         loop {
             let mut remaining = 0;
@@ -651,6 +657,11 @@ impl Api {
         }
         Ok(())
     }
+}
+
+/// Kinds whose spec changes bump `metadata.generation` (those a controller reconciles).
+fn tracks_generation(res: &Resource) -> bool {
+    matches!(res.kind, "Pod" | "Deployment" | "ReplicaSet" | "DaemonSet" | "Job")
 }
 
 fn runtime_class(name: &str, runtimes: &[&str]) -> Value {

@@ -1,0 +1,212 @@
+//! Shared end-to-end fixtures: the real `skiff` binary on a loopback port, with its real
+//! credentials, driven by the real kubectl and HTTP clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    cache: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn port_of(kubeconfig: &str) -> Option<u16> {
+    let line = kubeconfig.lines().find(|l| l.trim_start().starts_with("server:"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+fn spawn_child(dir: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["server", "--no-agent", "--data-dir"])
+        .arg(dir)
+        .args(["--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start skiff server")
+}
+
+impl Server {
+    /// Start a server on a fresh data directory and a free port.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server::spawn(dir, 0);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn spawn(dir: PathBuf, port: u16) -> Server {
+        let child = spawn_child(&dir, port);
+        let mut s = Server { dir, _tmp: None, cache: tempfile::tempdir().expect("tempdir"), port, child: Some(child) };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "skiff server did not become ready");
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("skiff server exited early: {status}");
+            }
+            if self.port == 0
+                && let Ok(k) = std::fs::read_to_string(self.kubeconfig())
+                && let Some(p) = port_of(&k)
+            {
+                self.port = p;
+            }
+            if self.port != 0 {
+                let out = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                    .arg(self.dir.join("pki/ca.crt"))
+                    .arg(format!("https://127.0.0.1:{}/readyz", self.port))
+                    .output();
+                if out.is_ok_and(|o| o.stdout == b"200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig.yaml")
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pki/admin-token")).expect("admin token").trim().to_string()
+    }
+
+    pub fn node_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node-token")).expect("node token").trim().to_string()
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("pki/ca.crt")).expect("ca")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An HTTP client that trusts the server's CA (no token attached).
+    pub fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("ca pem");
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client")
+    }
+
+    /// The kubectl command, pointed at this server with a private discovery cache.
+    pub fn kubectl_cmd(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(self.kubeconfig()).arg("--cache-dir").arg(self.cache.path());
+        c
+    }
+
+    /// Run kubectl; returns its output whatever the exit status.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd().args(args).output().expect("run kubectl")
+    }
+
+    /// Run kubectl and require success; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kill -9` the server.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Start again on the same data directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.child = Some(spawn_child(&self.dir, self.port));
+        self.wait_ready();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A process whose stdout lines arrive on a channel, for `-w` style commands.
+pub struct Lines {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn spawn(mut cmd: Command) -> Lines {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { child, rx, seen: Vec::new() }
+    }
+
+    /// Wait until a line satisfies `pred`; panics after `timeout`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what}; saw {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn example(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
