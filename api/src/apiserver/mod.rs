@@ -33,6 +33,9 @@ use std::time::Instant;
 /// Largest request body accepted (Kubernetes' limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// How much of an oversize body is read (and discarded) before answering 413.
+const DRAIN_LIMIT: usize = 32 * 1024 * 1024;
+
 /// The apiserver's shared state.
 pub struct Api {
     /// The object store.
@@ -210,17 +213,31 @@ fn verb_of(method: &Method, t: &Target, q: &Query) -> String {
 
 async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY
-    {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        // Too big to even read past: answer now (the connection closes).
         return Err(ApiError::too_large(MAX_BODY));
     }
-    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
-    match limited.collect().await {
-        Ok(c) => Ok((ct, c.to_bytes())),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body failed: {e}"))),
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    // An oversize body is read to its end (up to DRAIN_LIMIT) and thrown away, so an
+    // HTTP/1.1 client still writing it sees the 413 instead of a broken pipe.
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
+        }
     }
+    if total > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    Ok((ct, buf.freeze()))
 }
 
 async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str, accept: &str, req: Request) -> ApiResult<Response> {
