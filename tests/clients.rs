@@ -1,0 +1,71 @@
+//! Real client libraries against the real server: the Rust `kube` crate and the official
+//! Python `kubernetes` package.
+
+mod common;
+
+use common::{Server, example};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::process::Command;
+
+async fn kube_client(s: &Server) -> kube::Client {
+    let kc = Kubeconfig::read_from(s.kubeconfig()).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+#[tokio::test]
+async fn rust_kube_client_lists_creates_patches_and_watches() {
+    let s = Server::start();
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "rs-pod", "labels": {"from": "rust"}},
+        "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": "registry.local/app:1"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.expect("create");
+    assert!(created.metadata.uid.is_some());
+    let list = pods.list(&ListParams::default().labels("from=rust")).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    let rv = list.metadata.resource_version.clone().unwrap();
+
+    let mut stream = pods.watch(&WatchParams::default().timeout(20), &rv).await.expect("watch").boxed();
+    let patch = serde_json::json!({"metadata": {"labels": {"patched": "yes"}}});
+    pods.patch("rs-pod", &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("strategic patch");
+    match stream.try_next().await.expect("watch event") {
+        Some(WatchEvent::Modified(p)) => assert_eq!(p.metadata.labels.unwrap()["patched"], "yes"),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    let merge = serde_json::json!({"metadata": {"annotations": {"a": "b"}}});
+    let patched = pods.patch("rs-pod", &PatchParams::default(), &Patch::Merge(&merge)).await.expect("merge patch");
+    assert_eq!(patched.metadata.annotations.unwrap()["a"], "b");
+
+    // A typed error comes back as a Kubernetes Status.
+    let err = pods.create(&PostParams::default(), &pod).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists")),
+        other => panic!("expected a Status, got {other}"),
+    }
+    pods.delete("rs-pod", &Default::default()).await.expect("delete");
+    assert!(pods.get_opt("rs-pod").await.expect("get").is_none());
+}
+
+#[test]
+fn python_kubernetes_client_lists_creates_patches_and_watches() {
+    let s = Server::start();
+    let out = Command::new("python3")
+        .arg(example("tests/python/client_check.py"))
+        .arg(s.kubeconfig())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("python client: ok"),
+        "python client failed (is the `kubernetes` pip package installed? scripts/test.sh installs it):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
