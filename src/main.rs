@@ -6,7 +6,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "A WebAssembly-native orchestrator that speaks the Kubernetes API")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A WebAssembly-native orchestrator that speaks the Kubernetes API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,11 @@ fn default_data_dir() -> PathBuf {
     // SAFETY-free check for root: the effective uid is in /proc/self/status.
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false);
     if root {
         return PathBuf::from("/var/lib/skiff");
@@ -48,7 +56,9 @@ fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("skiff");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/skiff")
 }
 
@@ -75,21 +85,37 @@ fn main() -> anyhow::Result<()> {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server { data_dir, bind, port, no_agent, node_name } => {
+        Command::Server {
+            data_dir,
+            bind,
+            port,
+            no_agent,
+            node_name,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
             if !no_agent {
-                tracing::warn!("the node agent is not built yet: running the control plane only (as with --no-agent)");
+                tracing::warn!(
+                    "the node agent is not built yet: running the control plane only (as with --no-agent)"
+                );
             }
             let _ = node_name;
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
             rt.block_on(async move {
-                let cfg = skiff_api::server::ServerConfig { data_dir: data_dir.clone(), bind, port };
+                let cfg = skiff_api::server::ServerConfig {
+                    data_dir: data_dir.clone(),
+                    bind,
+                    port,
+                };
                 skiff_api::server::run(cfg, shutdown_signal(), |r| {
                     tracing::info!(
                         address = %r.addr,

@@ -1,6 +1,8 @@
 //! Real client libraries against the real server: the Rust `kube` crate and the official
 //! Python `kubernetes` package.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Server, example};
@@ -12,7 +14,9 @@ use std::process::Command;
 
 async fn kube_client(s: &Server) -> kube::Client {
     let kc = Kubeconfig::read_from(s.kubeconfig()).expect("read kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
     kube::Client::try_from(cfg).expect("client")
 }
 
@@ -27,21 +31,36 @@ async fn rust_kube_client_lists_creates_patches_and_watches() {
         "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": "registry.local/app:1"}]}
     }))
     .unwrap();
-    let created = pods.create(&PostParams::default(), &pod).await.expect("create");
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
     assert!(created.metadata.uid.is_some());
-    let list = pods.list(&ListParams::default().labels("from=rust")).await.expect("list");
+    let list = pods
+        .list(&ListParams::default().labels("from=rust"))
+        .await
+        .expect("list");
     assert_eq!(list.items.len(), 1);
     let rv = list.metadata.resource_version.clone().unwrap();
 
-    let mut stream = pods.watch(&WatchParams::default().timeout(20), &rv).await.expect("watch").boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default().timeout(20), &rv)
+        .await
+        .expect("watch")
+        .boxed();
     let patch = serde_json::json!({"metadata": {"labels": {"patched": "yes"}}});
-    pods.patch("rs-pod", &PatchParams::default(), &Patch::Strategic(&patch)).await.expect("strategic patch");
+    pods.patch("rs-pod", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("strategic patch");
     match stream.try_next().await.expect("watch event") {
         Some(WatchEvent::Modified(p)) => assert_eq!(p.metadata.labels.unwrap()["patched"], "yes"),
         other => panic!("expected MODIFIED, got {other:?}"),
     }
     let merge = serde_json::json!({"metadata": {"annotations": {"a": "b"}}});
-    let patched = pods.patch("rs-pod", &PatchParams::default(), &Patch::Merge(&merge)).await.expect("merge patch");
+    let patched = pods
+        .patch("rs-pod", &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+        .expect("merge patch");
     assert_eq!(patched.metadata.annotations.unwrap()["a"], "b");
 
     // A typed error comes back as a Kubernetes Status.
@@ -50,7 +69,9 @@ async fn rust_kube_client_lists_creates_patches_and_watches() {
         kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists")),
         other => panic!("expected a Status, got {other}"),
     }
-    pods.delete("rs-pod", &Default::default()).await.expect("delete");
+    pods.delete("rs-pod", &Default::default())
+        .await
+        .expect("delete");
     assert!(pods.get_opt("rs-pod").await.expect("get").is_none());
 }
 

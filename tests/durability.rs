@@ -1,6 +1,8 @@
 //! Acknowledged writes survive `kill -9`; revisions keep increasing; a watch resumed from
 //! an old revision gets what it missed; optimistic concurrency has exactly one winner.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Server;
@@ -19,8 +21,21 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     let mut s = Server::start();
     let http = s.http();
     let token = s.token();
-    let first: Value = http.post(s.url(CMS)).bearer_auth(&token).json(&cm("first")).send().await.unwrap().json().await.unwrap();
-    let start_rv: u64 = first["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let first: Value = http
+        .post(s.url(CMS))
+        .bearer_auth(&token)
+        .json(&cm("first"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let start_rv: u64 = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // Writers keep creating until the server dies under them; every 201 is recorded.
     let stop = Arc::new(AtomicBool::new(false));
@@ -34,13 +49,26 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
                     break;
                 }
                 let name = format!("w{w}-{i}");
-                match http.post(&url).bearer_auth(&token).json(&cm(&name)).send().await {
+                match http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&cm(&name))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 201 => {
                         let v: Value = match r.json().await {
                             Ok(v) => v,
                             Err(_) => break,
                         };
-                        acked.push((name, v["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()));
+                        acked.push((
+                            name,
+                            v["metadata"]["resourceVersion"]
+                                .as_str()
+                                .unwrap()
+                                .parse::<u64>()
+                                .unwrap(),
+                        ));
                     }
                     _ => break,
                 }
@@ -50,8 +78,22 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     }
     // Let some writes land, then kill the server mid-stream.
     loop {
-        let v: Value = http.get(s.url(&format!("{CMS}?limit=1"))).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-        if v["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap() > start_rv + 300 {
+        let v: Value = http
+            .get(s.url(&format!("{CMS}?limit=1")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > start_rv + 300
+        {
             break;
         }
         tokio::task::yield_now().await;
@@ -62,25 +104,59 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     let max_rv = acked.iter().map(|(_, rv)| *rv).max().unwrap();
 
     s.restart();
     let http = s.http();
-    let list: Value = http.get(s.url(CMS)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    let names: std::collections::HashSet<String> =
-        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let list: Value = http
+        .get(s.url(CMS))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: std::collections::HashSet<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     let lost: Vec<_> = acked.iter().filter(|(n, _)| !names.contains(n)).collect();
-    assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after kill -9: {lost:?}"
+    );
 
     // Revisions keep increasing.
-    let after: Value = http.post(s.url(CMS)).bearer_auth(&token).json(&cm("after-restart")).send().await.unwrap().json().await.unwrap();
-    let after_rv: u64 = after["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let after: Value = http
+        .post(s.url(CMS))
+        .bearer_auth(&token)
+        .json(&cm("after-restart"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let after_rv: u64 = after["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(after_rv > max_rv, "{after_rv} <= {max_rv}");
 
     // A watch resumed from before the crash replays every acknowledged create, in order.
     let resp = http
-        .get(s.url(&format!("{CMS}?watch=1&resourceVersion={start_rv}&timeoutSeconds=5")))
+        .get(s.url(&format!(
+            "{CMS}?watch=1&resourceVersion={start_rv}&timeoutSeconds=5"
+        )))
         .bearer_auth(&token)
         .send()
         .await
@@ -92,16 +168,28 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     for line in body.lines() {
         let ev: Value = serde_json::from_str(line).unwrap();
         assert_eq!(ev["type"], "ADDED", "{line}");
-        let rv: u64 = ev["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let rv: u64 = ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(rv > last, "events out of order");
         last = rv;
-        seen.insert(ev["object"]["metadata"]["name"].as_str().unwrap().to_string());
+        seen.insert(
+            ev["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     for (n, _) in &acked {
         assert!(seen.contains(n), "watch from {start_rv} missed {n}");
     }
     assert!(seen.contains("after-restart"));
-    assert!(!seen.contains("first"), "the start revision itself is not replayed");
+    assert!(
+        !seen.contains("first"),
+        "the start revision itself is not replayed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,13 +197,31 @@ async fn same_resource_version_exactly_one_update_wins() {
     let s = Server::start();
     let http = s.http();
     let token = s.token();
-    let created: Value = http.post(s.url(CMS)).bearer_auth(&token).json(&cm("race")).send().await.unwrap().json().await.unwrap();
+    let created: Value = http
+        .post(s.url(CMS))
+        .bearer_auth(&token)
+        .json(&cm("race"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..12 {
         let mut next = created.clone();
         next["data"]["k"] = json!(format!("writer-{i}"));
         let (http, token, url) = (http.clone(), token.clone(), s.url(&format!("{CMS}/race")));
-        tasks.push(tokio::spawn(async move { http.put(url).bearer_auth(token).json(&next).send().await.unwrap().status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            http.put(url)
+                .bearer_auth(token)
+                .json(&next)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
     let mut codes = Vec::new();
     for t in tasks {
@@ -133,7 +239,14 @@ fn sigterm_shuts_down_cleanly_and_keeps_data() {
     let f = dir.path().join("cm.json");
     std::fs::write(&f, serde_json::to_vec(&cm("kept")).unwrap()).unwrap();
     s.kubectl_ok(&["create", "-f", f.to_str().unwrap()]);
-    assert!(s.terminate(), "skiff server did not exit cleanly on SIGTERM");
+    assert!(
+        s.terminate(),
+        "skiff server did not exit cleanly on SIGTERM"
+    );
     s.restart();
-    assert_eq!(s.kubectl_ok(&["get", "cm", "kept", "-o", "jsonpath={.data.k}"]).trim(), "kept");
+    assert_eq!(
+        s.kubectl_ok(&["get", "cm", "kept", "-o", "jsonpath={.data.k}"])
+            .trim(),
+        "kept"
+    );
 }

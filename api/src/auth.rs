@@ -62,8 +62,16 @@ impl Auth {
     }
 
     /// Whether `id` may do `verb` on `res` (and subresource `sub`).
-    pub fn authorize(&self, id: Identity, verb: &str, res: &Resource, sub: Option<&str>, ns: Option<&str>) -> Result<(), ApiError> {
-        if id == Identity::Admin || matches!(verb, "get" | "list" | "watch") && res.kind != "Secret" {
+    pub fn authorize(
+        &self,
+        id: Identity,
+        verb: &str,
+        res: &Resource,
+        sub: Option<&str>,
+        ns: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if id == Identity::Admin || matches!(verb, "get" | "list" | "watch") && res.kind != "Secret"
+        {
             return Ok(());
         }
         let allowed = match (res.kind, sub) {

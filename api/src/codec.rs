@@ -36,15 +36,21 @@ impl FieldValidation {
 pub fn decode(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
     let v: Value = match ct {
-        "" | "application/json" | "*/*" | "application/merge-patch+json"
-        | "application/strategic-merge-patch+json" | "application/json-patch+json" => {
-            serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}"))
-            })?
-        }
+        ""
+        | "application/json"
+        | "*/*"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/json-patch+json" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        })?,
         "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => {
             serde_yaml::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!("the body of the request could not be decoded as YAML: {e}"))
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as YAML: {e}"
+                ))
             })?
         }
         "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)?,
@@ -60,7 +66,11 @@ fn roundtrip<T: DeserializeOwned + Serialize>(res: &Resource, obj: &Value) -> Ap
             "{kind} in version \"{v}\" cannot be handled as a {kind}: {at}{inner}",
             kind = res.kind,
             v = res.version,
-            at = if path == "." { String::new() } else { format!("{path}: ") },
+            at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            },
             inner = e.inner()
         ))
     })?;
@@ -98,7 +108,10 @@ pub fn typed(res: &Resource, obj: Value, fv: FieldValidation) -> ApiResult<(Valu
     if unknown.is_empty() || fv == FieldValidation::Ignore {
         return Ok((out, Vec::new()));
     }
-    let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let msgs: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     match fv {
         FieldValidation::Strict => Err(ApiError::bad_request(format!(
             "strict decoding error: {}",
@@ -113,7 +126,11 @@ fn unknown_fields(input: &Value, kept: &Value, path: &str, out: &mut Vec<String>
     match (input, kept) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(kv) => unknown_fields(v, kv, &p, out),
                     None if v.is_null() => {}
@@ -143,8 +160,17 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i", "imagee": "typo"}], "bogus": 1}});
         let err = typed(pod, obj.clone(), FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code, 400);
-        assert!(err.message.contains("unknown field \"spec.bogus\""), "{}", err.message);
-        assert!(err.message.contains("unknown field \"spec.containers[0].imagee\""), "{}", err.message);
+        assert!(
+            err.message.contains("unknown field \"spec.bogus\""),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("unknown field \"spec.containers[0].imagee\""),
+            "{}",
+            err.message
+        );
         let (kept, warnings) = typed(pod, obj, FieldValidation::Warn).unwrap();
         assert_eq!(warnings.len(), 2);
         assert!(kept["spec"].get("bogus").is_none());
@@ -155,6 +181,11 @@ mod tests {
         let pod = by_kind("Pod").unwrap();
         let obj = json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "eighty"}]}]}});
         let err = typed(pod, obj, FieldValidation::Strict).unwrap_err();
-        assert!(err.message.contains("spec.containers[0].ports[0].containerPort"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("spec.containers[0].ports[0].containerPort"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -29,7 +29,11 @@ pub fn apply(res: &Resource, o: &mut Value) {
             default(s, "replicas", json!(1));
             default(s, "revisionHistoryLimit", json!(10));
             default(s, "progressDeadlineSeconds", json!(600));
-            default(s, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+            default(
+                s,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
             template(&mut o["spec"], "Always");
         }
         "ReplicaSet" => {
@@ -39,7 +43,11 @@ pub fn apply(res: &Resource, o: &mut Value) {
         "DaemonSet" => {
             let s = obj(&mut o["spec"]);
             default(s, "revisionHistoryLimit", json!(10));
-            default(s, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+            default(
+                s,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
             template(&mut o["spec"], "Always");
         }
         "Job" => {
@@ -79,7 +87,10 @@ pub fn apply(res: &Resource, o: &mut Value) {
                 let data = obj(m.entry("data").or_insert(Value::Null));
                 for (k, v) in sd {
                     let raw = v.as_str().unwrap_or_default();
-                    data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(raw)));
+                    data.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(raw)),
+                    );
                 }
             }
         }
@@ -120,9 +131,17 @@ fn container(c: &mut Value) {
     default(m, "terminationMessagePath", json!("/dev/termination-log"));
     default(m, "terminationMessagePolicy", json!("File"));
     // `:latest` or no tag means Always, as in Kubernetes.
-    let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t.to_string());
+    let tag = image
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split_once(':'))
+        .map(|(_, t)| t.to_string());
     let always = !image.contains('@') && tag.as_deref().is_none_or(|t| t == "latest");
-    default(m, "imagePullPolicy", json!(if always { "Always" } else { "IfNotPresent" }));
+    default(
+        m,
+        "imagePullPolicy",
+        json!(if always { "Always" } else { "IfNotPresent" }),
+    );
     default(m, "resources", json!({}));
     if let Some(Value::Array(ports)) = m.get_mut("ports") {
         for p in ports {
@@ -146,8 +165,12 @@ pub fn qos_class(spec: &Value) -> &'static str {
         .flat_map(|l| spec[*l].as_array().into_iter().flatten())
         .collect();
     let any_set = cs.iter().any(|c| {
-        c["resources"]["requests"].as_object().is_some_and(|m| !m.is_empty())
-            || c["resources"]["limits"].as_object().is_some_and(|m| !m.is_empty())
+        c["resources"]["requests"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+            || c["resources"]["limits"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
     });
     if !any_set {
         return "BestEffort";
@@ -158,7 +181,11 @@ pub fn qos_class(spec: &Value) -> &'static str {
             !l.is_null() && c["resources"]["requests"][*r] == *l
         })
     });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 #[cfg(test)]

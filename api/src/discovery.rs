@@ -35,18 +35,24 @@ fn group_entry(group: &str, version: &str) -> Value {
 
 /// `/apis`.
 pub fn api_group_list() -> Value {
-    let gs: Vec<Value> = groups().into_iter().map(|(g, v)| group_entry(g, v)).collect();
+    let gs: Vec<Value> = groups()
+        .into_iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
 /// `/apis/<group>`.
 pub fn api_group(group: &str) -> Option<Value> {
-    groups().into_iter().find(|(g, _)| *g == group).map(|(g, v)| {
-        let mut e = group_entry(g, v);
-        e["kind"] = json!("APIGroup");
-        e["apiVersion"] = json!("v1");
-        e
-    })
+    groups()
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .map(|(g, v)| {
+            let mut e = group_entry(g, v);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
 }
 
 fn resource_entries(r: &Resource) -> Vec<Value> {
@@ -61,7 +67,12 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
     })];
     for sub in r.subresources {
         let (kind, group, version, verbs) = match *sub {
-            "scale" => ("Scale", Some("autoscaling"), Some("v1"), json!(["get", "patch", "update"])),
+            "scale" => (
+                "Scale",
+                Some("autoscaling"),
+                Some("v1"),
+                json!(["get", "patch", "update"]),
+            ),
             "binding" => ("Binding", None, None, json!(["create"])),
             "log" => ("Pod", None, None, json!(["get"])),
             "finalize" => (r.kind, None, None, json!(["update"])),
@@ -79,11 +90,18 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rs: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if rs.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -137,7 +155,11 @@ pub fn aggregated(legacy: bool, api_version: &str) -> Value {
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: the index of per group-version documents.
@@ -160,7 +182,10 @@ pub fn openapi_doc(path: &str) -> Option<Value> {
         ["apis", g, v] => (*g, *v),
         _ => return None,
     };
-    let rs: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == g && r.version == v).collect();
+    let rs: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == g && r.version == v)
+        .collect();
     if rs.is_empty() {
         return None;
     }
@@ -178,7 +203,12 @@ pub fn openapi_doc(path: &str) -> Option<Value> {
         } else {
             format!("/{}/{}", gv_path(g, v), r.plural)
         };
-        let schema_name = format!("io.skiff.{}.{}.{}", if g.is_empty() { "core" } else { g }, v, r.kind);
+        let schema_name = format!(
+            "io.skiff.{}.{}.{}",
+            if g.is_empty() { "core" } else { g },
+            v,
+            r.kind
+        );
         let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}});
         let op = |verb: &str| {
             json!({

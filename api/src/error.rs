@@ -54,8 +54,12 @@ impl ApiError {
 
     /// 404 for an object.
     pub fn not_found(res: &Resource, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified()))
-            .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", res.qualified()),
+        )
+        .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
     }
 
     /// 404 for a path that is not served.
@@ -66,7 +70,11 @@ impl ApiError {
 
     /// 405.
     pub fn method_not_allowed(what: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({what})"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({what})"),
+        )
     }
 
     /// 406.
@@ -76,8 +84,12 @@ impl ApiError {
 
     /// 409 for a create of an existing name.
     pub fn already_exists(res: &Resource, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", res.qualified()))
-            .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", res.qualified()),
+        )
+        .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
     }
 
     /// 409 for a stale resourceVersion.
@@ -100,12 +112,22 @@ impl ApiError {
 
     /// 413.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 415.
     pub fn unsupported_media(ct: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+            ),
+        )
     }
 
     /// 422 with field causes.
@@ -127,7 +149,11 @@ impl ApiError {
 
     /// 500, without leaking internals beyond the one-line cause.
     pub fn internal(message: impl std::fmt::Display) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {message}"))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
     }
 
     /// 503.
@@ -138,14 +164,28 @@ impl ApiError {
     /// Map a store failure on `name` of `res`.
     pub fn from_store(e: StoreError, res: &Resource, name: &str) -> Self {
         match e {
-            StoreError::Conflict { reason: ConflictReason::Exists, .. } => Self::already_exists(res, name),
-            StoreError::Conflict { reason: ConflictReason::Missing, .. } => Self::not_found(res, name),
-            StoreError::Conflict { reason: ConflictReason::Stale, .. } => Self::conflict(res, name),
-            StoreError::Compacted { requested, compacted } => Self::gone(format!(
+            StoreError::Conflict {
+                reason: ConflictReason::Exists,
+                ..
+            } => Self::already_exists(res, name),
+            StoreError::Conflict {
+                reason: ConflictReason::Missing,
+                ..
+            } => Self::not_found(res, name),
+            StoreError::Conflict {
+                reason: ConflictReason::Stale,
+                ..
+            } => Self::conflict(res, name),
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => Self::gone(format!(
                 "The resourceVersion for the provided list is too old (requested {requested}, oldest available {})",
                 compacted + 1
             )),
-            StoreError::FutureRevision(r) => Self::new(504, "Timeout", format!("Too large resource version: {r}")),
+            StoreError::FutureRevision(r) => {
+                Self::new(504, "Timeout", format!("Too large resource version: {r}"))
+            }
             StoreError::Encode(m) => Self::internal(m),
             StoreError::Closed => Self::unavailable("the server is shutting down"),
             StoreError::Backend(m) => Self::internal(m),
@@ -179,10 +219,19 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
-        let code = http::StatusCode::from_u16(self.code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-        let mut r = (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        let code = http::StatusCode::from_u16(self.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
         if self.code == 401 {
-            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
         }
         r
     }

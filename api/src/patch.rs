@@ -48,16 +48,20 @@ pub fn apply(kind: PatchKind, target: &Value, patch: &Value) -> ApiResult<Value>
             Ok(out)
         }
         PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::bad_request(format!("the JSON patch could not be decoded: {e}")))?;
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
+                ApiError::bad_request(format!("the JSON patch could not be decoded: {e}"))
+            })?;
             let mut out = target.clone();
-            json_patch::patch(&mut out, &ops)
-                .map_err(|e| ApiError::new_unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+            json_patch::patch(&mut out, &ops).map_err(|e| {
+                ApiError::new_unprocessable(format!("the JSON patch could not be applied: {e}"))
+            })?;
             Ok(out)
         }
         PatchKind::Strategic => {
             let Value::Object(p) = patch else {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             };
             let mut out = target.clone();
             merge_object(&mut out, p)?;
@@ -80,7 +84,13 @@ impl ApiError {
 /// The merge key of a list field, by its name (the built-in types' `patchMergeKey`).
 fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" | "resourceClaims" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "ports" => {
@@ -118,7 +128,11 @@ fn merge_object(target: &mut Value, patch: &Map<String, Value>) -> ApiResult<()>
             return Ok(());
         }
         Some("merge") | None => {}
-        Some(other) => return Err(ApiError::bad_request(format!("unknown patch directive $patch: {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown patch directive $patch: {other:?}"
+            )));
+        }
     }
     if !target.is_object() {
         *target = Value::Object(Map::new());
@@ -180,8 +194,14 @@ fn strip_directives(mut m: Map<String, Value>) -> Map<String, Value> {
 }
 
 fn merge_list(field: &str, current: Option<&Value>, patch: &[Value]) -> ApiResult<Value> {
-    let current: Vec<Value> = current.and_then(Value::as_array).cloned().unwrap_or_default();
-    if patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    let current: Vec<Value> = current
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if patch
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         let rest: Vec<Value> = patch
             .iter()
             .filter(|e| e.get("$patch").is_none())
@@ -189,8 +209,16 @@ fn merge_list(field: &str, current: Option<&Value>, patch: &[Value]) -> ApiResul
             .collect();
         return Ok(Value::Array(rest));
     }
-    let sample = patch.first().or(current.first()).cloned().unwrap_or(Value::Null);
-    let Some(key) = sample.is_object().then(|| merge_key(field, &sample)).flatten() else {
+    let sample = patch
+        .first()
+        .or(current.first())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let Some(key) = sample
+        .is_object()
+        .then(|| merge_key(field, &sample))
+        .flatten()
+    else {
         if merges_primitives(field) {
             let mut out = current;
             for p in patch {
@@ -205,10 +233,14 @@ fn merge_list(field: &str, current: Option<&Value>, patch: &[Value]) -> ApiResul
     let mut out = current;
     for pe in patch {
         let Some(po) = pe.as_object() else {
-            return Err(ApiError::bad_request(format!("list {field} expects objects with merge key {key:?}")));
+            return Err(ApiError::bad_request(format!(
+                "list {field} expects objects with merge key {key:?}"
+            )));
         };
         let Some(kv) = po.get(key) else {
-            return Err(ApiError::bad_request(format!("map: {pe} does not contain declared merge key: {key}")));
+            return Err(ApiError::bad_request(format!(
+                "map: {pe} does not contain declared merge key: {key}"
+            )));
         };
         let pos = out.iter().position(|e| e.get(key) == Some(kv));
         if po.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -259,8 +291,14 @@ mod tests {
     #[test]
     fn containers_merge_by_name() {
         let t = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
-        let got = smp(t, json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}));
-        assert_eq!(got["spec"]["containers"], json!([{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]));
+        let got = smp(
+            t,
+            json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+        );
+        assert_eq!(
+            got["spec"]["containers"],
+            json!([{"name": "a", "image": "x"}, {"name": "b", "image": "z"}])
+        );
     }
 
     #[test]
@@ -287,9 +325,18 @@ mod tests {
     #[test]
     fn json_patch_and_merge_patch() {
         let t = json!({"spec": {"replicas": 1}});
-        let got = apply(PatchKind::Json, &t, &json!([{"op": "replace", "path": "/spec/replicas", "value": 3}])).unwrap();
+        let got = apply(
+            PatchKind::Json,
+            &t,
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]),
+        )
+        .unwrap();
         assert_eq!(got["spec"]["replicas"], 3);
-        let bad = apply(PatchKind::Json, &t, &json!([{"op": "remove", "path": "/nope"}]));
+        let bad = apply(
+            PatchKind::Json,
+            &t,
+            &json!([{"op": "remove", "path": "/nope"}]),
+        );
         assert_eq!(bad.unwrap_err().code, 422);
         let got = apply(PatchKind::Merge, &t, &json!({"spec": {"replicas": null}})).unwrap();
         assert_eq!(got["spec"], json!({}));

@@ -2,7 +2,10 @@
 //! and the admin kubeconfig. Everything secret is written with mode 0600; later starts
 //! reuse what is there and re-issue the serving certificate for the current addresses.
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -62,7 +65,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn read_or_create(path: &Path, make: impl FnOnce() -> Result<String, PkiError>) -> Result<String, PkiError> {
+fn read_or_create(
+    path: &Path,
+    make: impl FnOnce() -> Result<String, PkiError>,
+) -> Result<String, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok(s),
         Ok(_) => {
@@ -93,7 +99,11 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     dn.push(DnType::OrganizationName, "skiff");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2034, 1, 1);
     Ok(p)
@@ -104,14 +114,20 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentials, PkiError> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(io(&pki))?;
-    let ca_key_pem = read_or_create(&pki.join("ca.key"), || Ok(KeyPair::generate()?.serialize_pem()))?;
+    let ca_key_pem = read_or_create(&pki.join("ca.key"), || {
+        Ok(KeyPair::generate()?.serialize_pem())
+    })?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let ca_pem = read_or_create(&pki.join("ca.crt"), || Ok(ca_params()?.self_signed(&ca_key)?.pem()))?;
+    let ca_pem = read_or_create(&pki.join("ca.crt"), || {
+        Ok(ca_params()?.self_signed(&ca_key)?.pem())
+    })?;
     // The issuer is rebuilt from the same name and key, so it matches the stored CA.
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(sans.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "skiff-apiserver");
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2034, 1, 1);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
@@ -119,10 +135,17 @@ pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentia
     let key_pem = key.serialize_pem();
     write_private(&pki.join("server.crt"), cert_pem.as_bytes())?;
     write_private(&pki.join("server.key"), key_pem.as_bytes())?;
-    let admin_token = read_or_create(&pki.join("admin-token"), || Ok(token()))?.trim().to_string();
-    let node_token = read_or_create(&dir.join("node-token"), || Ok(token()))?.trim().to_string();
+    let admin_token = read_or_create(&pki.join("admin-token"), || Ok(token()))?
+        .trim()
+        .to_string();
+    let node_token = read_or_create(&dir.join("node-token"), || Ok(token()))?
+        .trim()
+        .to_string();
     let kubeconfig = dir.join("kubeconfig.yaml");
-    write_private(&kubeconfig, kubeconfig_text(&ca_pem, server_url, &admin_token).as_bytes())?;
+    write_private(
+        &kubeconfig,
+        kubeconfig_text(&ca_pem, server_url, &admin_token).as_bytes(),
+    )?;
     Ok(Credentials {
         ca_pem,
         cert_pem,

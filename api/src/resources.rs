@@ -72,7 +72,11 @@ impl Resource {
 
     /// The store key prefix of all objects (`core/pods/`).
     pub fn prefix(&self) -> String {
-        let g = if self.group.is_empty() { "core" } else { self.group };
+        let g = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         format!("{g}/{}/", self.plural)
     }
 
@@ -95,7 +99,14 @@ impl Resource {
     /// The verbs discovery advertises.
     pub fn verbs(&self) -> Value {
         serde_json::json!([
-            "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch"
         ])
     }
 }
@@ -119,20 +130,174 @@ macro_rules! res {
 
 /// Every resource served, in discovery order.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &["status", "finalize"], Label),
-    res!("", "v1", "Pod", "pods", "pod", true, &["po"], &["all"], &["status", "binding", "log"], Subdomain),
-    res!("", "v1", "Node", "nodes", "node", false, &["no"], &[], &["status"], Subdomain),
-    res!("", "v1", "Service", "services", "service", true, &["svc"], &["all"], &["status"], Dns1035),
-    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &[], Subdomain),
-    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], &[], Subdomain),
-    res!("", "v1", "Secret", "secrets", "secret", true, &[], &[], &[], Subdomain),
-    res!("", "v1", "Event", "events", "event", true, &["ev"], &[], &[], PathSegment),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], &["all"], &["status", "scale"], Subdomain),
-    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], &["all"], &["status", "scale"], Subdomain),
-    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], &["all"], &["status"], Subdomain),
-    res!("batch", "v1", "Job", "jobs", "job", true, &[], &["all"], &["status"], Subdomain),
-    res!("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", false, &[], &[], &[], Subdomain),
-    res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, &[], &[], &[], Subdomain),
+    res!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &[],
+        &["status", "finalize"],
+        Label
+    ),
+    res!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        &["all"],
+        &["status", "binding", "log"],
+        Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        &[],
+        &["status"],
+        Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        &["all"],
+        &["status"],
+        Dns1035
+    ),
+    res!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        &[],
+        Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        &[],
+        Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        &[],
+        &[],
+        Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+        PathSegment
+    ),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &["status", "scale"],
+        Subdomain
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        &["all"],
+        &["status", "scale"],
+        Subdomain
+    ),
+    res!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        &["all"],
+        &["status"],
+        Subdomain
+    ),
+    res!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        true,
+        &[],
+        &["all"],
+        &["status"],
+        Subdomain
+    ),
+    res!(
+        "node.k8s.io",
+        "v1",
+        "RuntimeClass",
+        "runtimeclasses",
+        "runtimeclass",
+        false,
+        &[],
+        &[],
+        &[],
+        Subdomain
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        &[],
+        Subdomain
+    ),
 ];
 
 /// The resource at `group/version/plural`.

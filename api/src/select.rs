@@ -55,7 +55,11 @@ impl LabelSelector {
             }
             let key_ok = |k: &str| {
                 if k.is_empty() || !crate::validation::qualified_name(k).is_empty() {
-                    Err(bad("label selector", s, &format!("invalid label key {k:?}")))
+                    Err(bad(
+                        "label selector",
+                        s,
+                        &format!("invalid label key {k:?}"),
+                    ))
                 } else {
                     Ok(k.to_string())
                 }
@@ -66,7 +70,11 @@ impl LabelSelector {
                     .strip_prefix('(')
                     .and_then(|r| r.strip_suffix(')'))
                     .ok_or_else(|| bad("label selector", s, "expected a set in parentheses"))?;
-                Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+                Ok(inner
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect())
             };
             if let Some(k) = p.strip_prefix('!') {
                 reqs.push(Req::NotExists(key_ok(k.trim())?));
@@ -89,11 +97,19 @@ impl LabelSelector {
     pub fn from_object(sel: &Value) -> LabelSelector {
         let mut reqs = Vec::new();
         for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
-            reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().to_string()));
+            reqs.push(Req::Eq(
+                k.clone(),
+                v.as_str().unwrap_or_default().to_string(),
+            ));
         }
         for e in sel["matchExpressions"].as_array().into_iter().flatten() {
             let key = e["key"].as_str().unwrap_or_default().to_string();
-            let vals: Vec<String> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+            let vals: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             reqs.push(match e["operator"].as_str() {
                 Some("In") => Req::In(key, vals),
                 Some("NotIn") => Req::NotIn(key, vals),
@@ -134,9 +150,17 @@ fn supported_field(kind: &str, field: &str) -> bool {
     match kind {
         "Pod" => matches!(
             field,
-            "spec.nodeName" | "status.phase" | "spec.restartPolicy" | "spec.schedulerName" | "status.podIP" | "status.nominatedNodeName"
+            "spec.nodeName"
+                | "status.phase"
+                | "spec.restartPolicy"
+                | "spec.schedulerName"
+                | "status.podIP"
+                | "status.nominatedNodeName"
         ),
-        "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source" | "reportingComponent"),
+        "Event" => {
+            field.starts_with("involvedObject.")
+                || matches!(field, "reason" | "type" | "source" | "reportingComponent")
+        }
         "Secret" => field == "type",
         "Node" => field == "spec.unschedulable",
         "Namespace" => field == "status.phase",
@@ -158,7 +182,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             if !supported_field(kind, field) {
@@ -178,7 +204,10 @@ impl FieldSelector {
 
     /// The value of `metadata.name` this selector pins, if any.
     pub fn name(&self) -> Option<&str> {
-        self.0.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(f, eq, _)| f == "metadata.name" && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 
     /// Whether an object satisfies every requirement.
@@ -226,12 +255,33 @@ mod tests {
     #[test]
     fn field_selector_forms() {
         let pod = json!({"metadata": {"name": "a"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("Pod", "spec.nodeName=n1").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("Pod", "spec.nodeName!=").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("Pod", "status.phase=Pending").unwrap().matches(&pod));
-        assert_eq!(FieldSelector::parse("Pod", "metadata.name=a").unwrap().name(), Some("a"));
+        assert!(
+            FieldSelector::parse("Pod", "spec.nodeName=n1")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("Pod", "spec.nodeName!=")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("Pod", "status.phase=Pending")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert_eq!(
+            FieldSelector::parse("Pod", "metadata.name=a")
+                .unwrap()
+                .name(),
+            Some("a")
+        );
         assert!(FieldSelector::parse("Pod", "spec.bogus=1").is_err());
         let unscheduled = json!({"metadata": {"name": "b"}, "spec": {}});
-        assert!(FieldSelector::parse("Pod", "spec.nodeName=").unwrap().matches(&unscheduled));
+        assert!(
+            FieldSelector::parse("Pod", "spec.nodeName=")
+                .unwrap()
+                .matches(&unscheduled)
+        );
     }
 }

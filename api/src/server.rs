@@ -51,12 +51,19 @@ pub enum ServerError {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The names the serving certificate covers.
 fn sans(bind: IpAddr) -> Vec<String> {
-    let mut v = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut v = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if !bind.is_unspecified() {
         v.push(bind.to_string());
     }
@@ -102,11 +109,22 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send,
     ready: impl FnOnce(&Running),
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Pki(pki::PkiError::Io { path: config.data_dir.clone(), source: e }))?;
-    let store = Arc::new(RedbStore::open(StoreConfig::new(config.data_dir.join("store.redb")))?);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Pki(pki::PkiError::Io {
+            path: config.data_dir.clone(),
+            source: e,
+        })
+    })?;
+    let store = Arc::new(RedbStore::open(StoreConfig::new(
+        config.data_dir.join("store.redb"),
+    ))?);
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
     let url_host = if config.bind.is_unspecified() {
         "127.0.0.1".to_string()
     } else if config.bind.is_ipv6() {
@@ -114,7 +132,11 @@ pub async fn run(
     } else {
         config.bind.to_string()
     };
-    let creds = pki::ensure(&config.data_dir, &sans(config.bind), &format!("https://{url_host}:{}", addr.port()))?;
+    let creds = pki::ensure(
+        &config.data_dir,
+        &sans(config.bind),
+        &format!("https://{url_host}:{}", addr.port()),
+    )?;
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&creds)?));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let metrics_store = store.clone();
@@ -124,10 +146,16 @@ pub async fn run(
         shutdown_rx,
         Box::new(move || metrics_store.metrics_text()),
     );
-    api.bootstrap().await.map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    api.bootstrap()
+        .await
+        .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
     api.resume_namespace_deletions().await;
     let router = apiserver::router(api.clone());
-    ready(&Running { addr, credentials: creds.clone(), api: api.clone() });
+    ready(&Running {
+        addr,
+        credentials: creds.clone(),
+        api: api.clone(),
+    });
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = {
@@ -174,7 +202,10 @@ pub async fn run(
     tracing::info!("shutting down: closing watches and finishing requests");
     let _ = shutdown_tx.send(true);
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not finish within 10s");
     }
     drop(router);

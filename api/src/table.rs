@@ -27,20 +27,55 @@ impl IncludeObject {
 /// A column: name, type, priority (1 = only with `-o wide`), description.
 type Col = (&'static str, &'static str, u8, &'static str);
 
-const NAME: Col = ("Name", "string", 0, "Name must be unique within a namespace.");
-const AGE: Col = ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+const NAME: Col = (
+    "Name",
+    "string",
+    0,
+    "Name must be unique within a namespace.",
+);
+const AGE: Col = (
+    "Age",
+    "string",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
 
 fn columns(kind: &str) -> Vec<Col> {
     match kind {
         "Pod" => vec![
             NAME,
-            ("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            ("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            ("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            (
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            (
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            (
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             AGE,
             ("IP", "string", 1, "IP address allocated to the pod."),
-            ("Node", "string", 1, "Name of the Node this pod is assigned to."),
-            ("Nominated Node", "string", 1, "Node the scheduler nominated for this pod."),
+            (
+                "Node",
+                "string",
+                1,
+                "Name of the Node this pod is assigned to.",
+            ),
+            (
+                "Nominated Node",
+                "string",
+                1,
+                "Node the scheduler nominated for this pod.",
+            ),
             ("Readiness Gates", "string", 1, "Pod readiness gates."),
         ],
         "Node" => vec![
@@ -48,41 +83,109 @@ fn columns(kind: &str) -> Vec<Col> {
             ("Status", "string", 0, "The status of the node"),
             ("Roles", "string", 0, "The roles of the node"),
             AGE,
-            ("Version", "string", 0, "Kubelet Version reported by the node."),
+            (
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
             ("Internal-IP", "string", 1, "List of internal IPs."),
             ("External-IP", "string", 1, "List of external IPs."),
             ("OS-Image", "string", 1, "OS Image reported by the node."),
-            ("Kernel-Version", "string", 1, "Kernel Version reported by the node."),
-            ("Container-Runtime", "string", 1, "Container Runtime Version reported by the node."),
+            (
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node.",
+            ),
+            (
+                "Container-Runtime",
+                "string",
+                1,
+                "Container Runtime Version reported by the node.",
+            ),
         ],
-        "Namespace" => vec![NAME, ("Status", "string", 0, "The status of the namespace"), AGE],
+        "Namespace" => vec![
+            NAME,
+            ("Status", "string", 0, "The status of the namespace"),
+            AGE,
+        ],
         "Service" => vec![
             NAME,
             ("Type", "string", 0, "The type of the service."),
             ("Cluster-IP", "string", 0, "The cluster IP of the service."),
-            ("External-IP", "string", 0, "The external IP of the service."),
+            (
+                "External-IP",
+                "string",
+                0,
+                "The external IP of the service.",
+            ),
             ("Port(s)", "string", 0, "The ports of the service."),
             AGE,
-            ("Selector", "string", 1, "The label selector of the service."),
+            (
+                "Selector",
+                "string",
+                1,
+                "The label selector of the service.",
+            ),
         ],
-        "Endpoints" => vec![NAME, ("Endpoints", "string", 0, "Endpoints of the service."), AGE],
+        "Endpoints" => vec![
+            NAME,
+            ("Endpoints", "string", 0, "Endpoints of the service."),
+            AGE,
+        ],
         "ConfigMap" => vec![NAME, ("Data", "string", 0, "Number of keys."), AGE],
-        "Secret" => vec![NAME, ("Type", "string", 0, "The type of the secret."), ("Data", "string", 0, "Number of keys."), AGE],
+        "Secret" => vec![
+            NAME,
+            ("Type", "string", 0, "The type of the secret."),
+            ("Data", "string", 0, "Number of keys."),
+            AGE,
+        ],
         "Event" => vec![
-            ("Last Seen", "string", 0, "Time since the event was last seen."),
+            (
+                "Last Seen",
+                "string",
+                0,
+                "Time since the event was last seen.",
+            ),
             ("Type", "string", 0, "Type of this event."),
             ("Reason", "string", 0, "Reason of this event."),
             ("Object", "string", 0, "The object this event is about."),
-            ("Message", "string", 0, "A human-readable description of the event."),
+            (
+                "Message",
+                "string",
+                0,
+                "A human-readable description of the event.",
+            ),
         ],
         "Deployment" => vec![
             NAME,
             ("Ready", "string", 0, "Number of the pod with ready state."),
-            ("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            ("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            (
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            (
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
             AGE,
-            ("Containers", "string", 1, "Names of each container in the template."),
-            ("Images", "string", 1, "Images referenced by each container in the template."),
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
             ("Selector", "string", 1, "Label selector for pods."),
         ],
         "ReplicaSet" => vec![
@@ -91,29 +194,92 @@ fn columns(kind: &str) -> Vec<Col> {
             ("Current", "string", 0, "Number of actual replicas."),
             ("Ready", "string", 0, "Number of ready replicas."),
             AGE,
-            ("Containers", "string", 1, "Names of each container in the template."),
-            ("Images", "string", 1, "Images referenced by each container in the template."),
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
             ("Selector", "string", 1, "Label selector for pods."),
         ],
         "DaemonSet" => vec![
             NAME,
-            ("Desired", "string", 0, "The total number of nodes that should be running the daemon pod."),
-            ("Current", "string", 0, "The number of nodes running at least one daemon pod."),
-            ("Ready", "string", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
-            ("Up-to-date", "string", 0, "The total number of nodes that are running updated daemon pod."),
-            ("Available", "string", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available."),
-            ("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            (
+                "Desired",
+                "string",
+                0,
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            (
+                "Current",
+                "string",
+                0,
+                "The number of nodes running at least one daemon pod.",
+            ),
+            (
+                "Ready",
+                "string",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            (
+                "Up-to-date",
+                "string",
+                0,
+                "The total number of nodes that are running updated daemon pod.",
+            ),
+            (
+                "Available",
+                "string",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            (
+                "Node Selector",
+                "string",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
             AGE,
         ],
         "Job" => vec![
             NAME,
             ("Status", "string", 0, "Status of the job."),
-            ("Completions", "string", 0, "The completion status of the job."),
-            ("Duration", "string", 0, "Time required to complete the job."),
+            (
+                "Completions",
+                "string",
+                0,
+                "The completion status of the job.",
+            ),
+            (
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
             AGE,
         ],
-        "RuntimeClass" => vec![NAME, ("Handler", "string", 0, "The handler that runs pods of this class."), AGE],
-        "Lease" => vec![NAME, ("Holder", "string", 0, "The holder of the lease."), AGE],
+        "RuntimeClass" => vec![
+            NAME,
+            (
+                "Handler",
+                "string",
+                0,
+                "The handler that runs pods of this class.",
+            ),
+            AGE,
+        ],
+        "Lease" => vec![
+            NAME,
+            ("Holder", "string", 0, "The holder of the lease."),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -127,20 +293,36 @@ pub fn human_duration(secs: i64) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
-        if secs % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", secs % 60) }
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 192 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
         let y = d / 365;
-        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -176,7 +358,12 @@ fn selector_string(sel: &Value) -> String {
         .map(|(k, v)| format!("{k}={}", s(v)))
         .collect();
     for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let vals: Vec<String> = e["values"].as_array().into_iter().flatten().map(s).collect();
+        let vals: Vec<String> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         parts.push(match e["operator"].as_str() {
             Some("In") => format!("{} in ({})", s(&e["key"]), vals.join(",")),
             Some("NotIn") => format!("{} notin ({})", s(&e["key"]), vals.join(",")),
@@ -188,11 +375,21 @@ fn selector_string(sel: &Value) -> String {
 }
 
 fn map_string(m: &Value) -> String {
-    or_none(m.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(","))
+    or_none(
+        m.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", s(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 fn template_columns(spec: &Value) -> (String, String) {
-    let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let cs = spec["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
     let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();
     (names.join(","), images.join(","))
@@ -210,14 +407,26 @@ fn pod_status(o: &Value) -> String {
     for c in st["initContainerStatuses"].as_array().into_iter().flatten() {
         let t = &c["state"]["terminated"];
         if t.is_object() && int(&t["exitCode"]) != 0 {
-            return format!("Init:{}", if t["reason"].is_string() { s(&t["reason"]) } else { format!("ExitCode:{}", int(&t["exitCode"])) });
+            return format!(
+                "Init:{}",
+                if t["reason"].is_string() {
+                    s(&t["reason"])
+                } else {
+                    format!("ExitCode:{}", int(&t["exitCode"]))
+                }
+            );
         }
         let w = &c["state"]["waiting"];
         if w.is_object() && !w["reason"].is_null() && s(&w["reason"]) != "PodInitializing" {
             return format!("Init:{}", s(&w["reason"]));
         }
     }
-    for c in st["containerStatuses"].as_array().into_iter().flatten().rev() {
+    for c in st["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+    {
         let w = &c["state"]["waiting"];
         let t = &c["state"]["terminated"];
         if w.is_object() && !w["reason"].is_null() {
@@ -232,7 +441,11 @@ fn pod_status(o: &Value) -> String {
             };
         }
     }
-    if reason.is_empty() { "Pending".into() } else { reason }
+    if reason.is_empty() {
+        "Pending".into()
+    } else {
+        reason
+    }
 }
 
 fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
@@ -244,8 +457,14 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
     match kind {
         "Pod" => {
             let total = spec["containers"].as_array().map_or(0, Vec::len);
-            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
-            let ready = statuses.iter().filter(|c| c["ready"] == Value::Bool(true)).count();
+            let statuses = st["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"] == Value::Bool(true))
+                .count();
             let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
             let gates = spec["readinessGates"].as_array().map_or(0, Vec::len);
             vec![
@@ -257,11 +476,19 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(or_none(s(&st["podIP"]))),
                 json!(or_none(s(&spec["nodeName"]))),
                 json!(or_none(s(&st["nominatedNodeName"]))),
-                json!(if gates == 0 { "<none>".to_string() } else { format!("0/{gates}") }),
+                json!(if gates == 0 {
+                    "<none>".to_string()
+                } else {
+                    format!("0/{gates}")
+                }),
             ]
         }
         "Node" => {
-            let ready = st["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
+            let ready = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
             let mut status = match ready.map(|c| s(&c["status"])) {
                 Some(x) if x == "True" => "Ready".to_string(),
                 _ => "NotReady".to_string(),
@@ -275,7 +502,18 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 .flatten()
                 .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from))
                 .collect();
-            let addr = |t: &str| or_none(st["addresses"].as_array().into_iter().flatten().filter(|a| a["type"] == t).map(|a| s(&a["address"])).collect::<Vec<_>>().join(","));
+            let addr = |t: &str| {
+                or_none(
+                    st["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|a| a["type"] == t)
+                        .map(|a| s(&a["address"]))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            };
             let info = &st["nodeInfo"];
             vec![
                 name,
@@ -298,7 +536,12 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 .flatten()
                 .map(|p| {
                     if p["nodePort"].is_number() {
-                        format!("{}:{}/{}", int(&p["port"]), int(&p["nodePort"]), s(&p["protocol"]))
+                        format!(
+                            "{}:{}/{}",
+                            int(&p["port"]),
+                            int(&p["nodePort"]),
+                            s(&p["protocol"])
+                        )
                     } else {
                         format!("{}/{}", int(&p["port"]), s(&p["protocol"]))
                     }
@@ -331,21 +574,37 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             vec![name, json!(or_none(eps.join(","))), json!(created)]
         }
         "ConfigMap" => {
-            let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
+            let n = o["data"].as_object().map_or(0, |m| m.len())
+                + o["binaryData"].as_object().map_or(0, |m| m.len());
             vec![name, json!(n.to_string()), json!(created)]
         }
         "Secret" => {
             let n = o["data"].as_object().map_or(0, |m| m.len());
-            vec![name, json!(s(&o["type"])), json!(n.to_string()), json!(created)]
+            vec![
+                name,
+                json!(s(&o["type"])),
+                json!(n.to_string()),
+                json!(created),
+            ]
         }
         "Event" => {
-            let last = if o["lastTimestamp"].is_string() { &o["lastTimestamp"] } else if o["eventTime"].is_string() { &o["eventTime"] } else { &md["creationTimestamp"] };
+            let last = if o["lastTimestamp"].is_string() {
+                &o["lastTimestamp"]
+            } else if o["eventTime"].is_string() {
+                &o["eventTime"]
+            } else {
+                &md["creationTimestamp"]
+            };
             let io = &o["involvedObject"];
             vec![
                 json!(age(last, now)),
                 json!(s(&o["type"])),
                 json!(s(&o["reason"])),
-                json!(format!("{}/{}", s(&io["kind"]).to_lowercase(), s(&io["name"]))),
+                json!(format!(
+                    "{}/{}",
+                    s(&io["kind"]).to_lowercase(),
+                    s(&io["name"])
+                )),
                 json!(s(&o["message"])),
             ]
         }
@@ -353,7 +612,11 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             let (cn, im) = template_columns(spec);
             vec![
                 name,
-                json!(format!("{}/{}", int(&st["readyReplicas"]), int(&spec["replicas"]))),
+                json!(format!(
+                    "{}/{}",
+                    int(&st["readyReplicas"]),
+                    int(&spec["replicas"])
+                )),
                 json!(int(&st["updatedReplicas"]).to_string()),
                 json!(int(&st["availableReplicas"]).to_string()),
                 json!(created),
@@ -386,30 +649,42 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             json!(created),
         ],
         "Job" => {
-            let done = st["conditions"].as_array().into_iter().flatten().find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"));
+            let done = st["conditions"].as_array().into_iter().flatten().find(|c| {
+                c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed")
+            });
             let status = match done {
                 Some(c) => s(&c["type"]),
                 None if spec["suspend"] == Value::Bool(true) => "Suspended".into(),
                 None => "Running".into(),
             };
             let duration = match (st["startTime"].as_str(), st["completionTime"].as_str()) {
-                (Some(a), Some(b)) => match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
-                    (Ok(a), Ok(b)) => human_duration(b.as_second() - a.as_second()),
-                    _ => String::new(),
-                },
+                (Some(a), Some(b)) => {
+                    match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
+                        (Ok(a), Ok(b)) => human_duration(b.as_second() - a.as_second()),
+                        _ => String::new(),
+                    }
+                }
                 (Some(a), None) => age(&json!(a), now),
                 _ => String::new(),
             };
             vec![
                 name,
                 json!(status),
-                json!(format!("{}/{}", int(&st["succeeded"]), spec["completions"].as_i64().unwrap_or(1))),
+                json!(format!(
+                    "{}/{}",
+                    int(&st["succeeded"]),
+                    spec["completions"].as_i64().unwrap_or(1)
+                )),
                 json!(duration),
                 json!(created),
             ]
         }
         "RuntimeClass" => vec![name, json!(s(&o["handler"])), json!(created)],
-        "Lease" => vec![name, json!(or_none(s(&spec["holderIdentity"]))), json!(created)],
+        "Lease" => vec![
+            name,
+            json!(or_none(s(&spec["holderIdentity"]))),
+            json!(created),
+        ],
         _ => vec![name, json!(created)],
     }
 }
@@ -431,7 +706,13 @@ fn row(kind: &str, o: &Value, now: i64, include: IncludeObject) -> Value {
 }
 
 /// A `Table` of objects of one kind.
-pub fn table(kind: &str, objects: &[Value], list_meta: Value, include: IncludeObject, with_columns: bool) -> Value {
+pub fn table(
+    kind: &str,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+    with_columns: bool,
+) -> Value {
     let now = jiff::Timestamp::now().as_second();
     let cols: Vec<Value> = if with_columns {
         columns(kind)
@@ -458,7 +739,16 @@ mod tests {
 
     #[test]
     fn durations_read_like_kubectl() {
-        let cases = [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600 + 120, "3h2m"), (10 * 3600, "10h"), (3 * 86400, "3d"), (400 * 86400, "400d")];
+        let cases = [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 120, "3h2m"),
+            (10 * 3600, "10h"),
+            (3 * 86400, "3d"),
+            (400 * 86400, "400d"),
+        ];
         for (secs, want) in cases {
             assert_eq!(human_duration(secs), want);
         }

@@ -1,6 +1,7 @@
 //! Shared end-to-end fixtures: the real `skiff` binary on a loopback port, with its real
 //! credentials, driven by the real kubectl and HTTP clients.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ pub struct Server {
 }
 
 fn port_of(kubeconfig: &str) -> Option<u16> {
-    let line = kubeconfig.lines().find(|l| l.trim_start().starts_with("server:"))?;
+    let line = kubeconfig
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))?;
     line.rsplit(':').next()?.trim().parse().ok()
 }
 
@@ -45,7 +48,13 @@ impl Server {
 
     fn spawn(dir: PathBuf, port: u16) -> Server {
         let child = spawn_child(&dir, port);
-        let mut s = Server { dir, _tmp: None, cache: tempfile::tempdir().expect("tempdir"), port, child: Some(child) };
+        let mut s = Server {
+            dir,
+            _tmp: None,
+            cache: tempfile::tempdir().expect("tempdir"),
+            port,
+            child: Some(child),
+        };
         s.wait_ready();
         s
     }
@@ -53,8 +62,15 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            assert!(Instant::now() < deadline, "skiff server did not become ready");
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            assert!(
+                Instant::now() < deadline,
+                "skiff server did not become ready"
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("skiff server exited early: {status}");
             }
             if self.port == 0
@@ -82,11 +98,17 @@ impl Server {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pki/admin-token")).expect("admin token").trim().to_string()
+        std::fs::read_to_string(self.dir.join("pki/admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
     }
 
     pub fn node_token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("node-token")).expect("node token").trim().to_string()
+        std::fs::read_to_string(self.dir.join("node-token"))
+            .expect("node token")
+            .trim()
+            .to_string()
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
@@ -110,7 +132,10 @@ impl Server {
     /// The kubectl command, pointed at this server with a private discovery cache.
     pub fn kubectl_cmd(&self) -> Command {
         let mut c = Command::new("kubectl");
-        c.arg("--kubeconfig").arg(self.kubeconfig()).arg("--cache-dir").arg(self.cache.path());
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.cache.path());
         c
     }
 
@@ -141,8 +166,12 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -169,7 +198,11 @@ pub struct Lines {
 
 impl Lines {
     pub fn spawn(mut cmd: Command) -> Lines {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -179,11 +212,20 @@ impl Lines {
                 }
             }
         });
-        Lines { child, rx, seen: Vec::new() }
+        Lines {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Wait until a line satisfies `pred`; panics after `timeout`.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

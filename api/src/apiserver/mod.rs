@@ -5,7 +5,7 @@ mod objects;
 mod request;
 mod watch;
 
-pub use objects::{DeleteOptions, now};
+pub use objects::{DeleteOptions, WriteOptions, now};
 pub use request::{Output, Query, Route, Target, route};
 
 use crate::auth::{Auth, Identity};
@@ -50,8 +50,18 @@ pub struct Api {
 impl Api {
     /// An apiserver over `store` accepting `auth`'s tokens; watches end when `shutdown`
     /// turns true.
-    pub fn new(store: Arc<dyn Store>, auth: Auth, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Api> {
-        Arc::new(Api { store, auth, metrics: Metrics::default(), shutdown, extra_metrics: None })
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Auth,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Api> {
+        Arc::new(Api {
+            store,
+            auth,
+            metrics: Metrics::default(),
+            shutdown,
+            extra_metrics: None,
+        })
     }
 
     /// Same, with a function adding more Prometheus text to `/metrics`.
@@ -61,7 +71,13 @@ impl Api {
         shutdown: tokio::sync::watch::Receiver<bool>,
         extra: Box<dyn Fn() -> String + Send + Sync>,
     ) -> Arc<Api> {
-        Arc::new(Api { store, auth, metrics: Metrics::default(), shutdown, extra_metrics: Some(extra) })
+        Arc::new(Api {
+            store,
+            auth,
+            metrics: Metrics::default(),
+            shutdown,
+            extra_metrics: Some(extra),
+        })
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -99,7 +115,12 @@ impl Selectors {
 }
 
 fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
 }
 
 fn value_response(code: StatusCode, v: &Value) -> Response {
@@ -120,7 +141,8 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     let started = Instant::now();
     let (verb, resource, resp) = dispatch(&api, req).await;
     let resp = resp.unwrap_or_else(IntoResponse::into_response);
-    api.metrics.observe(&verb, &resource, resp.status().as_u16(), started.elapsed());
+    api.metrics
+        .observe(&verb, &resource, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -130,39 +152,85 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
     let path = req.uri().path().to_string();
     let route = request::route(&path);
     match route {
-        Route::Health => return ("get".into(), "healthz".into(), Ok((StatusCode::OK, "ok").into_response())),
-        Route::Version => return ("get".into(), "version".into(), Ok(value_response(StatusCode::OK, &discovery::version()))),
+        Route::Health => {
+            return (
+                "get".into(),
+                "healthz".into(),
+                Ok((StatusCode::OK, "ok").into_response()),
+            );
+        }
+        Route::Version => {
+            return (
+                "get".into(),
+                "version".into(),
+                Ok(value_response(StatusCode::OK, &discovery::version())),
+            );
+        }
         _ => {}
     }
-    let Some(id) = api.auth.authenticate(req.headers().get(header::AUTHORIZATION)) else {
+    let Some(id) = api
+        .auth
+        .authenticate(req.headers().get(header::AUTHORIZATION))
+    else {
         return ("".into(), "".into(), Err(ApiError::unauthorized()));
     };
     let method = req.method().clone();
     if !matches!(route, Route::Resource(_)) && method != Method::GET {
-        return ("".into(), "".into(), Err(ApiError::method_not_allowed(&path)));
+        return (
+            "".into(),
+            "".into(),
+            Err(ApiError::method_not_allowed(&path)),
+        );
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     match route {
         Route::Metrics => {
             let mut text = api.metrics.render();
             if let Some(f) = &api.extra_metrics {
                 text.push_str(&f());
             }
-            ("get".into(), "metrics".into(), Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()))
+            (
+                "get".into(),
+                "metrics".into(),
+                Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()),
+            )
         }
-        Route::Api => ("get".into(), "discovery".into(), Ok(discovery_response(&accept, true))),
-        Route::Apis => ("get".into(), "discovery".into(), Ok(discovery_response(&accept, false))),
+        Route::Api => (
+            "get".into(),
+            "discovery".into(),
+            Ok(discovery_response(&accept, true)),
+        ),
+        Route::Apis => (
+            "get".into(),
+            "discovery".into(),
+            Ok(discovery_response(&accept, false)),
+        ),
         Route::Group(g) => {
-            let r = discovery::api_group(&g).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            let r = discovery::api_group(&g)
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(|| ApiError::no_route(&path));
             ("get".into(), "discovery".into(), r)
         }
         Route::ResourceList(g, v) => {
-            let r = discovery::resource_list(&g, &v).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            let r = discovery::resource_list(&g, &v)
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(|| ApiError::no_route(&path));
             ("get".into(), "discovery".into(), r)
         }
-        Route::OpenApiIndex => ("get".into(), "openapi".into(), Ok(value_response(StatusCode::OK, &discovery::openapi_index()))),
+        Route::OpenApiIndex => (
+            "get".into(),
+            "openapi".into(),
+            Ok(value_response(StatusCode::OK, &discovery::openapi_index())),
+        ),
         Route::OpenApiDoc(p) => {
-            let r = discovery::openapi_doc(&p).map(|v| value_response(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(&path));
+            let r = discovery::openapi_doc(&p)
+                .map(|v| value_response(StatusCode::OK, &v))
+                .ok_or_else(|| ApiError::no_route(&path));
             ("get".into(), "openapi".into(), r)
         }
         Route::NotFound => ("".into(), "".into(), Err(ApiError::no_route(&path))),
@@ -173,7 +241,10 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
                 Some(s) => format!("{}/{s}", t.res.plural),
                 None => t.res.plural.to_string(),
             };
-            let r = match api.auth.authorize(id, &verb, t.res, t.sub.as_deref(), t.ns.as_deref()) {
+            let r = match api
+                .auth
+                .authorize(id, &verb, t.res, t.sub.as_deref(), t.ns.as_deref())
+            {
                 Ok(()) => resource(api, id, t, q, &verb, &accept, req).await,
                 Err(e) => Err(e),
             };
@@ -186,13 +257,25 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
 fn discovery_response(accept: &str, legacy: bool) -> Response {
     // Aggregated discovery when asked for, plain otherwise; kubectl goes by Content-Type.
     for v in ["v2", "v2beta1"] {
-        if accept.contains(&format!("g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")) {
+        if accept.contains(&format!(
+            "g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+        )) {
             let body = discovery::aggregated(legacy, &format!("apidiscovery.k8s.io/{v}"));
-            let ct = format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
-            return (StatusCode::OK, [(header::CONTENT_TYPE, ct)], serde_json::to_vec(&body).unwrap_or_default()).into_response();
+            let ct =
+                format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, ct)],
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+                .into_response();
         }
     }
-    let body = if legacy { discovery::api_versions() } else { discovery::api_group_list() };
+    let body = if legacy {
+        discovery::api_versions()
+    } else {
+        discovery::api_group_list()
+    };
     value_response(StatusCode::OK, &body)
 }
 
@@ -212,8 +295,17 @@ fn verb_of(method: &Method, t: &Target, q: &Query) -> String {
 }
 
 async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         // Too big to even read past: answer now (the connection closes).
         return Err(ApiError::too_large(MAX_BODY));
@@ -224,7 +316,8 @@ async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
     // An oversize body is read to its end (up to DRAIN_LIMIT) and thrown away, so an
     // HTTP/1.1 client still writing it sees the 413 instead of a broken pipe.
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
         if let Ok(data) = frame.into_data() {
             total += data.len();
             if total <= MAX_BODY {
@@ -240,7 +333,15 @@ async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
     Ok((ct, buf.freeze()))
 }
 
-async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str, accept: &str, req: Request) -> ApiResult<Response> {
+async fn resource(
+    api: &Arc<Api>,
+    _id: Identity,
+    t: Target,
+    q: Query,
+    verb: &str,
+    accept: &str,
+    req: Request,
+) -> ApiResult<Response> {
     let res = t.res;
     let ns = t.ns.as_deref();
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
@@ -269,7 +370,10 @@ async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str
                 Output::Table(include) => {
                     let obj = parse(&kv)?;
                     let md = json!({"resourceVersion": kv.mod_revision.to_string()});
-                    Ok(value_response(StatusCode::OK, &table::table(res.kind, &[obj], md, include, true)))
+                    Ok(value_response(
+                        StatusCode::OK,
+                        &table::table(res.kind, &[obj], md, include, true),
+                    ))
                 }
             }
         }
@@ -281,7 +385,9 @@ async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str
             let kv = api.get_kv(res, ns, name)?;
             let pod = parse(&kv)?;
             match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                None => Err(ApiError::bad_request(format!("pod {name} does not have a host assigned"))),
+                None => Err(ApiError::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                ))),
                 Some(node) => Err(ApiError::unavailable(format!(
                     "logs of pod {name} are kept on node {node}, and no node agent serves logs yet"
                 ))),
@@ -292,7 +398,10 @@ async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str
             let (ct, body) = read_body(req).await?;
             let obj = codec::decode(&ct, &body)?;
             let w = api.create(res, ns, obj, fv, dry).await?;
-            Ok(with_warnings(json_response(StatusCode::CREATED, w.body), &w.warnings))
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, w.body),
+                &w.warnings,
+            ))
         }
         ("create", Some(name), Some("binding")) => {
             let (ct, body) = read_body(req).await?;
@@ -306,55 +415,102 @@ async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str
             let status_sub = sub.filter(|s| *s == "status");
             let finalize = sub == Some("finalize");
             let w = api
-                .update(res, ns, name, status_sub, fv, dry, |cur| {
-                    if finalize {
-                        let mut c = cur.clone();
-                        c["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
-                        if let Some(rv) = new["metadata"].get("resourceVersion") {
-                            c["metadata"]["resourceVersion"] = rv.clone();
+                .update(
+                    res,
+                    ns,
+                    name,
+                    status_sub,
+                    WriteOptions {
+                        field_validation: fv,
+                        dry_run: dry,
+                    },
+                    |cur| {
+                        if finalize {
+                            let mut c = cur.clone();
+                            c["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+                            if let Some(rv) = new["metadata"].get("resourceVersion") {
+                                c["metadata"]["resourceVersion"] = rv.clone();
+                            }
+                            return Ok(c);
                         }
-                        return Ok(c);
-                    }
-                    Ok(new.clone())
-                })
+                        Ok(new.clone())
+                    },
+                )
                 .await?;
-            Ok(with_warnings(json_response(StatusCode::OK, w.body), &w.warnings))
+            Ok(with_warnings(
+                json_response(StatusCode::OK, w.body),
+                &w.warnings,
+            ))
         }
         ("patch", Some(name), sub @ (None | Some("status"))) => {
             let dry = q.dry_run()?;
             let (ct, body) = read_body(req).await?;
             let kind = PatchKind::from_content_type(&ct)?;
-            let p: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}")))?;
-            let w = api.update(res, ns, name, sub, fv, dry, |cur| patch::apply(kind, cur, &p)).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, w.body), &w.warnings))
+            let p: Value = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
+            })?;
+            let w = api
+                .update(
+                    res,
+                    ns,
+                    name,
+                    sub,
+                    WriteOptions {
+                        field_validation: fv,
+                        dry_run: dry,
+                    },
+                    |cur| patch::apply(kind, cur, &p),
+                )
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, w.body),
+                &w.warnings,
+            ))
         }
         ("update" | "patch", Some(name), Some("scale")) => {
             let dry = q.dry_run()?;
             let (ct, body) = read_body(req).await?;
             let input = if verb == "patch" {
                 let kind = PatchKind::from_content_type(&ct)?;
-                let p: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}")))?;
+                let p: Value = serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
+                })?;
                 Err((kind, p))
             } else {
                 Ok(codec::decode(&ct, &body)?)
             };
             let w = api
-                .update(res, ns, name, None, FieldValidation::Ignore, dry, |cur| {
-                    let scale = match &input {
-                        Ok(s) => s.clone(),
-                        Err((kind, p)) => patch::apply(*kind, &scale_of(cur), p)?,
-                    };
-                    let replicas = scale["spec"]["replicas"].clone();
-                    if !replicas.is_i64() {
-                        return Err(ApiError::bad_request("Scale spec.replicas must be an integer"));
-                    }
-                    let mut c = cur.clone();
-                    c["spec"]["replicas"] = replicas;
-                    if let Some(rv) = scale["metadata"].get("resourceVersion").filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
-                        c["metadata"]["resourceVersion"] = rv.clone();
-                    }
-                    Ok(c)
-                })
+                .update(
+                    res,
+                    ns,
+                    name,
+                    None,
+                    WriteOptions {
+                        field_validation: FieldValidation::Ignore,
+                        dry_run: dry,
+                    },
+                    |cur| {
+                        let scale = match &input {
+                            Ok(s) => s.clone(),
+                            Err((kind, p)) => patch::apply(*kind, &scale_of(cur), p)?,
+                        };
+                        let replicas = scale["spec"]["replicas"].clone();
+                        if !replicas.is_i64() {
+                            return Err(ApiError::bad_request(
+                                "Scale spec.replicas must be an integer",
+                            ));
+                        }
+                        let mut c = cur.clone();
+                        c["spec"]["replicas"] = replicas;
+                        if let Some(rv) = scale["metadata"]
+                            .get("resourceVersion")
+                            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                        {
+                            c["metadata"]["resourceVersion"] = rv.clone();
+                        }
+                        Ok(c)
+                    },
+                )
                 .await?;
             let obj: Value = serde_json::from_slice(&w.body).map_err(ApiError::internal)?;
             Ok(value_response(StatusCode::OK, &scale_of(&obj)))
@@ -369,17 +525,25 @@ async fn resource(api: &Arc<Api>, _id: Identity, t: Target, q: Query, verb: &str
             let (ct, body) = read_body(req).await?;
             let opts = delete_options(&q, &ct, &body)?;
             let sel = Selectors::parse(res, &q)?;
-            let items = api.store.list(&res.ns_prefix(ns), &ListOptions::default()).map_err(|e| ApiError::from_store(e, res, ""))?;
+            let items = api
+                .store
+                .list(&res.ns_prefix(ns), &ListOptions::default())
+                .map_err(|e| ApiError::from_store(e, res, ""))?;
             let mut deleted = Vec::new();
             for kv in items.items {
                 let obj = parse(&kv)?;
                 if !sel.matches(&obj) {
                     continue;
                 }
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let ons = obj["metadata"]["namespace"].as_str().map(String::from);
                 match api.delete(res, ons.as_deref(), &name, opts.clone()).await {
-                    Ok(b) => deleted.push(serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)),
+                    Ok(b) => {
+                        deleted.push(serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null))
+                    }
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
@@ -402,7 +566,11 @@ fn delete_options(q: &Query, ct: &str, body: &[u8]) -> ApiResult<DeleteOptions> 
         dry_run: q.dry_run()?,
         ..Default::default()
     };
-    let body = if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { codec::decode(ct, body)? };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        codec::decode(ct, body)?
+    };
     opts.from_body(&body)
 }
 
@@ -426,16 +594,28 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-async fn bind(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, name: &str, b: &Value) -> ApiResult<Response> {
-    let node = b["target"]["name"].as_str().filter(|n| !n.is_empty()).map(String::from);
+async fn bind(
+    api: &Arc<Api>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    b: &Value,
+) -> ApiResult<Response> {
+    let node = b["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(String::from);
     let Some(node) = node else {
         let causes = [crate::validation::Cause::required("target.name")];
         return Err(ApiError::invalid(res, name, &causes));
     };
-    if b["target"]["kind"].as_str().is_some_and(|k| !k.is_empty() && k != "Node") {
+    if b["target"]["kind"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty() && k != "Node")
+    {
         return Err(ApiError::bad_request("a binding's target must be a Node"));
     }
-    api.update(res, ns, name, None, FieldValidation::Ignore, false, |cur| {
+    api.update(res, ns, name, None, WriteOptions::INTERNAL, |cur| {
         if let Some(existing) = cur["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError {
                 code: 409,
@@ -453,16 +633,34 @@ async fn bind(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, name: &s
     })
     .await?;
     // The condition is status; write it through the status path.
-    api.update(res, ns, name, Some("status"), FieldValidation::Ignore, false, |cur| {
-        let mut c = cur.clone();
-        let conds = c["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let mut conds: Vec<Value> = conds.into_iter().filter(|x| x["type"] != "PodScheduled").collect();
-        conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}));
-        c["status"]["conditions"] = json!(conds);
-        Ok(c)
-    })
+    api.update(
+        res,
+        ns,
+        name,
+        Some("status"),
+        WriteOptions::INTERNAL,
+        |cur| {
+            let mut c = cur.clone();
+            let conds = c["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|x| x["type"] != "PodScheduled")
+                .collect();
+            conds.push(
+                json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}),
+            );
+            c["status"]["conditions"] = json!(conds);
+            Ok(c)
+        },
+    )
     .await?;
-    Ok(value_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(value_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -471,7 +669,13 @@ struct Continue {
     start: String,
 }
 
-fn list(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, q: &Query, output: Output) -> ApiResult<Response> {
+fn list(
+    api: &Arc<Api>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    output: Output,
+) -> ApiResult<Response> {
     let sel = Selectors::parse(res, q)?;
     let limit = q.int("limit")?.unwrap_or(0) as usize;
     let prefix = res.ns_prefix(ns);
@@ -489,7 +693,11 @@ fn list(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, q: &Query, out
         }
         None => {
             let rv = match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
-                (Some(rv), Some("Exact")) if !rv.is_empty() => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?),
+                (Some(rv), Some("Exact")) if !rv.is_empty() => {
+                    Some(rv.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                    })?)
+                }
                 _ => None,
             };
             (rv, None)
@@ -538,8 +746,21 @@ fn list(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, q: &Query, out
     }
     match output {
         Output::Json => {
-            let mut out = Vec::with_capacity(items.iter().map(|(kv, _)| kv.value.len() + 1).sum::<usize>() + 128);
-            out.extend_from_slice(format!("{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":", res.kind, res.api_version()).as_bytes());
+            let mut out = Vec::with_capacity(
+                items
+                    .iter()
+                    .map(|(kv, _)| kv.value.len() + 1)
+                    .sum::<usize>()
+                    + 128,
+            );
+            out.extend_from_slice(
+                format!(
+                    "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":",
+                    res.kind,
+                    res.api_version()
+                )
+                .as_bytes(),
+            );
             out.extend_from_slice(&serde_json::to_vec(&meta).map_err(ApiError::internal)?);
             out.extend_from_slice(b",\"items\":[");
             for (i, (kv, _)) in items.iter().enumerate() {
@@ -559,7 +780,10 @@ fn list(api: &Arc<Api>, res: &'static Resource, ns: Option<&str>, q: &Query, out
                     None => parse(&kv),
                 })
                 .collect::<ApiResult<Vec<Value>>>()?;
-            Ok(value_response(StatusCode::OK, &table::table(res.kind, &objs, meta, include, true)))
+            Ok(value_response(
+                StatusCode::OK,
+                &table::table(res.kind, &objs, meta, include, true),
+            ))
         }
     }
 }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 /// RFC 3339 with seconds, as Kubernetes writes timestamps.
 pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn timestamp_in(secs: i64) -> String {
@@ -30,20 +32,25 @@ pub fn encoder(obj: Value) -> Encoder {
     Box::new(move |rev| {
         let mut o = obj;
         o["metadata"]["resourceVersion"] = Value::String(rev.to_string());
-        serde_json::to_vec(&o).map(Bytes::from).map_err(|e| e.to_string())
+        serde_json::to_vec(&o)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
     })
 }
 
 /// Parse stored bytes.
 pub fn parse(kv: &KeyValue) -> ApiResult<Value> {
-    serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))
 }
 
 fn name_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut r = rand::rng();
-    (0..5).map(|_| ALPHABET[r.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[r.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Everything but metadata, status and type fields: what `generation` tracks.
@@ -82,7 +89,10 @@ impl DeleteOptions {
             return Err(ApiError::bad_request("DeleteOptions must be an object"));
         }
         if let Some(g) = body.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
-            self.grace = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+            self.grace =
+                Some(g.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be an integer")
+                })?);
         }
         if let Some(p) = body["propagationPolicy"].as_str() {
             self.propagation = Some(p.to_string());
@@ -96,7 +106,10 @@ impl DeleteOptions {
         if let Some(r) = body["preconditions"]["resourceVersion"].as_str() {
             self.resource_version = Some(r.to_string());
         }
-        if body["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")) {
+        if body["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All"))
+        {
             self.dry_run = true;
         }
         match self.propagation.as_deref() {
@@ -106,6 +119,23 @@ impl DeleteOptions {
             ))),
         }
     }
+}
+
+/// How a write treats unknown fields, and whether it is only tried.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOptions {
+    /// Unknown-field handling.
+    pub field_validation: FieldValidation,
+    /// `dryRun=All`: check everything, store nothing.
+    pub dry_run: bool,
+}
+
+impl WriteOptions {
+    /// What internal writers use: unknown fields dropped, really written.
+    pub const INTERNAL: WriteOptions = WriteOptions {
+        field_validation: FieldValidation::Ignore,
+        dry_run: false,
+    };
 }
 
 /// What an update produced.
@@ -119,17 +149,24 @@ pub struct Written {
 impl Api {
     /// The stored object, or 404.
     pub fn get_kv(&self, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<KeyValue> {
-        self.store.get(&res.key(ns, name)).ok_or_else(|| ApiError::not_found(res, name))
+        self.store
+            .get(&res.key(ns, name))
+            .ok_or_else(|| ApiError::not_found(res, name))
     }
 
     fn check_type(res: &Resource, obj: &mut Value) -> ApiResult<()> {
         let Some(m) = obj.as_object_mut() else {
-            return Err(ApiError::bad_request("the request body must be a JSON or YAML object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON or YAML object",
+            ));
         };
         let want = res.api_version();
         match m.get("kind").and_then(Value::as_str) {
             None | Some("") => {
-                return Err(ApiError::bad_request(format!("Object 'Kind' is missing in the request body (expected {:?})", res.kind)));
+                return Err(ApiError::bad_request(format!(
+                    "Object 'Kind' is missing in the request body (expected {:?})",
+                    res.kind
+                )));
             }
             Some(k) if k != res.kind => {
                 return Err(ApiError::bad_request(format!(
@@ -145,7 +182,9 @@ impl Api {
             Some(v) => Err(ApiError::bad_request(format!(
                 "the API version in the data ({v}) does not match the expected API version ({want})"
             ))),
-            None => Err(ApiError::bad_request("Object 'apiVersion' is missing in the request body")),
+            None => Err(ApiError::bad_request(
+                "Object 'apiVersion' is missing in the request body",
+            )),
         }
     }
 
@@ -154,7 +193,10 @@ impl Api {
             return Ok(());
         };
         let nsres = by_kind("Namespace").ok_or_else(|| ApiError::internal("no namespace kind"))?;
-        let kv = self.store.get(&nsres.key(None, ns)).ok_or_else(|| ApiError::not_found(nsres, ns))?;
+        let kv = self
+            .store
+            .get(&nsres.key(None, ns))
+            .ok_or_else(|| ApiError::not_found(nsres, ns))?;
         let obj = parse(&kv)?;
         if obj["status"]["phase"] == "Terminating" {
             return Err(ApiError::forbidden(format!(
@@ -167,7 +209,14 @@ impl Api {
     }
 
     /// Create an object in `ns`.
-    pub async fn create(self: &Arc<Self>, res: &'static Resource, ns: Option<&str>, obj: Value, fv: FieldValidation, dry_run: bool) -> ApiResult<Written> {
+    pub async fn create(
+        self: &Arc<Self>,
+        res: &'static Resource,
+        ns: Option<&str>,
+        obj: Value,
+        fv: FieldValidation,
+        dry_run: bool,
+    ) -> ApiResult<Written> {
         let mut obj = obj;
         Self::check_type(res, &mut obj)?;
         let (mut obj, warnings) = codec::typed(res, obj, fv)?;
@@ -189,8 +238,15 @@ impl Api {
         } else if let Some(m) = md.as_object_mut() {
             m.remove("namespace");
         }
-        let generate = md["name"].as_str().is_none_or(str::is_empty) && md["generateName"].as_str().is_some_and(|g| !g.is_empty());
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        let generate = md["name"].as_str().is_none_or(str::is_empty)
+            && md["generateName"].as_str().is_some_and(|g| !g.is_empty());
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             if let Some(m) = md.as_object_mut() {
                 m.remove(k);
             }
@@ -205,10 +261,16 @@ impl Api {
         let attempts = if generate { 8 } else { 1 };
         for _ in 0..attempts {
             if generate {
-                let base = obj["metadata"]["generateName"].as_str().unwrap_or_default().to_string();
+                let base = obj["metadata"]["generateName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 obj["metadata"]["name"] = json!(format!("{base}{}", name_suffix()));
             }
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let causes = validation::validate(res, &obj);
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, &name, &causes));
@@ -218,19 +280,36 @@ impl Api {
                 if self.store.get(&key).is_some() {
                     return Err(ApiError::already_exists(res, &name));
                 }
-                return Ok(Written { body: Bytes::from(serde_json::to_vec(&obj).map_err(ApiError::internal)?), warnings });
+                return Ok(Written {
+                    body: Bytes::from(serde_json::to_vec(&obj).map_err(ApiError::internal)?),
+                    warnings,
+                });
             }
-            let op = Op::Put { key, value: encoder(obj.clone()), precondition: Precondition::Absent };
+            let op = Op::Put {
+                key,
+                value: encoder(obj.clone()),
+                precondition: Precondition::Absent,
+            };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    let body = r.results.into_iter().next().map(|kv| kv.value).unwrap_or_default();
+                    let body = r
+                        .results
+                        .into_iter()
+                        .next()
+                        .map(|kv| kv.value)
+                        .unwrap_or_default();
                     return Ok(Written { body, warnings });
                 }
-                Err(StoreError::Conflict { reason: ConflictReason::Exists, .. }) if generate => continue,
+                Err(StoreError::Conflict {
+                    reason: ConflictReason::Exists,
+                    ..
+                }) if generate => continue,
                 Err(e) => return Err(ApiError::from_store(e, res, &name)),
             }
         }
-        Err(ApiError::internal("could not generate a unique name; try again"))
+        Err(ApiError::internal(
+            "could not generate a unique name; try again",
+        ))
     }
 
     /// Kind-specific preparation of a new object: defaults, status reset, allocations.
@@ -240,7 +319,8 @@ impl Api {
             let name = obj["metadata"]["name"].clone();
             let spec = &mut obj["spec"];
             if spec["selector"].is_null() {
-                spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                spec["selector"] =
+                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
             }
             let labels = &mut spec["template"]["metadata"]["labels"];
             if !labels.is_object() {
@@ -257,7 +337,8 @@ impl Api {
                 let qos = defaults::qos_class(&obj["spec"]);
                 obj["status"] = json!({"phase": "Pending", "qosClass": qos});
                 if let Some(m) = obj["spec"].as_object_mut()
-                    && m.get("nodeName").is_some_and(|n| n.as_str().is_some_and(|s| !s.is_empty()))
+                    && m.get("nodeName")
+                        .is_some_and(|n| n.as_str().is_some_and(|s| !s.is_empty()))
                 {
                     obj["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]);
                 }
@@ -271,7 +352,10 @@ impl Api {
             _ => {}
         }
         if res.kind == "Service" {
-            let ty = obj["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+            let ty = obj["spec"]["type"]
+                .as_str()
+                .unwrap_or("ClusterIP")
+                .to_string();
             let ip = obj["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
             if ty != "ExternalName" && ip.is_empty() {
                 let ip = self.allocate_cluster_ip()?;
@@ -318,16 +402,22 @@ impl Api {
         ns: Option<&str>,
         name: &str,
         sub: Option<&str>,
-        fv: FieldValidation,
-        dry_run: bool,
+        opts: WriteOptions,
         mutate: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Written> {
+        let WriteOptions {
+            field_validation: fv,
+            dry_run,
+        } = opts;
         for _ in 0..16 {
             let kv = self.get_kv(res, ns, name)?;
             let old = parse(&kv)?;
             let mut new = mutate(&old)?;
             Self::check_type(res, &mut new)?;
-            let pinned = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(String::from);
+            let pinned = new["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(String::from);
             if let Some(rv) = &pinned
                 && rv.parse::<u64>().ok() != Some(kv.mod_revision)
             {
@@ -336,37 +426,71 @@ impl Api {
             let (new, warnings) = codec::typed(res, new, fv)?;
             let new = self.merge_update(res, sub, &old, new, name, ns)?;
             if new == old {
-                return Ok(Written { body: kv.value, warnings });
+                return Ok(Written {
+                    body: kv.value,
+                    warnings,
+                });
             }
             if dry_run {
-                return Ok(Written { body: Bytes::from(serde_json::to_vec(&new).map_err(ApiError::internal)?), warnings });
+                return Ok(Written {
+                    body: Bytes::from(serde_json::to_vec(&new).map_err(ApiError::internal)?),
+                    warnings,
+                });
             }
             let finished = !new["metadata"]["deletionTimestamp"].is_null()
-                && new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
-                && !(res.kind == "Pod" && new["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()))
+                && new["metadata"]["finalizers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+                && !(res.kind == "Pod"
+                    && new["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty()))
                 && res.kind != "Namespace";
             let key = res.key(ns, name);
             let op = if finished {
-                Op::Delete { key, precondition: Precondition::ModRevision(kv.mod_revision) }
+                Op::Delete {
+                    key,
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                }
             } else {
-                Op::Put { key, value: encoder(new.clone()), precondition: Precondition::ModRevision(kv.mod_revision) }
+                Op::Put {
+                    key,
+                    value: encoder(new.clone()),
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                }
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    let body = r.results.into_iter().next().map(|kv| kv.value).unwrap_or_default();
+                    let body = r
+                        .results
+                        .into_iter()
+                        .next()
+                        .map(|kv| kv.value)
+                        .unwrap_or_default();
                     if finished {
                         self.after_delete(res, ns, &new, None);
                     }
                     return Ok(Written { body, warnings });
                 }
-                Err(StoreError::Conflict { reason: ConflictReason::Stale, .. }) if pinned.is_none() => continue,
+                Err(StoreError::Conflict {
+                    reason: ConflictReason::Stale,
+                    ..
+                }) if pinned.is_none() => continue,
                 Err(e) => return Err(ApiError::from_store(e, res, name)),
             }
         }
         Err(ApiError::conflict(res, name))
     }
 
-    fn merge_update(&self, res: &Resource, sub: Option<&str>, old: &Value, mut new: Value, name: &str, ns: Option<&str>) -> ApiResult<Value> {
+    fn merge_update(
+        &self,
+        res: &Resource,
+        sub: Option<&str>,
+        old: &Value,
+        mut new: Value,
+        name: &str,
+        ns: Option<&str>,
+    ) -> ApiResult<Value> {
         match new["metadata"]["name"].as_str() {
             Some(n) if n == name => {}
             None | Some("") => new["metadata"]["name"] = json!(name),
@@ -401,7 +525,13 @@ impl Api {
             _ => {}
         }
         let md = &mut new["metadata"];
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old["metadata"].get(k) {
                 Some(v) => md[k] = v.clone(),
                 None => {
@@ -417,7 +547,10 @@ impl Api {
             m.retain(|_, v| !v.is_null());
         }
         defaults::apply(res, &mut new);
-        if res.kind == "Secret" && new["data"].is_null() && let Some(m) = new.as_object_mut() {
+        if res.kind == "Secret"
+            && new["data"].is_null()
+            && let Some(m) = new.as_object_mut()
+        {
             m.remove("data");
         }
         let causes = validation::validate_update(res, old, &new);
@@ -433,7 +566,13 @@ impl Api {
 
     /// Delete an object, honoring finalizers, pod grace periods and namespaces. Returns
     /// the object as it is after the call (deleted, or marked for deletion).
-    pub async fn delete(self: &Arc<Self>, res: &'static Resource, ns: Option<&str>, name: &str, opts: DeleteOptions) -> ApiResult<Bytes> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        res: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: DeleteOptions,
+    ) -> ApiResult<Bytes> {
         for _ in 0..16 {
             let kv = self.get_kv(res, ns, name)?;
             let obj = parse(&kv)?;
@@ -448,24 +587,49 @@ impl Api {
                 return Err(ApiError::conflict(res, name));
             }
             let marked = !obj["metadata"]["deletionTimestamp"].is_null();
-            let finalizers = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-            let bound_pod = res.kind == "Pod" && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-            let grace = opts.grace.or(obj["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
+            let finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            let bound_pod = res.kind == "Pod"
+                && obj["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty());
+            let grace = opts
+                .grace
+                .or(obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30);
             let graceful = res.kind == "Namespace" || finalizers || (bound_pod && grace > 0);
             if graceful {
-                if marked && !(bound_pod && grace < obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(i64::MAX)) {
+                if marked
+                    && !(bound_pod
+                        && grace
+                            < obj["metadata"]["deletionGracePeriodSeconds"]
+                                .as_i64()
+                                .unwrap_or(i64::MAX))
+                {
                     return Ok(kv.value);
                 }
                 let mut next = obj.clone();
-                next["metadata"]["deletionTimestamp"] = json!(if bound_pod { timestamp_in(grace) } else { now() });
-                next["metadata"]["deletionGracePeriodSeconds"] = json!(if bound_pod { grace } else { 0 });
+                next["metadata"]["deletionTimestamp"] = json!(if bound_pod {
+                    timestamp_in(grace)
+                } else {
+                    now()
+                });
+                next["metadata"]["deletionGracePeriodSeconds"] =
+                    json!(if bound_pod { grace } else { 0 });
                 if res.kind == "Namespace" {
                     next["status"]["phase"] = json!("Terminating");
                 }
                 if opts.dry_run {
-                    return Ok(Bytes::from(serde_json::to_vec(&next).map_err(ApiError::internal)?));
+                    return Ok(Bytes::from(
+                        serde_json::to_vec(&next).map_err(ApiError::internal)?,
+                    ));
                 }
-                let op = Op::Put { key: res.key(ns, name), value: encoder(next), precondition: Precondition::ModRevision(kv.mod_revision) };
+                let op = Op::Put {
+                    key: res.key(ns, name),
+                    value: encoder(next),
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                };
                 match self.store.txn(vec![op]).await {
                     Ok(r) => {
                         if res.kind == "Namespace" {
@@ -473,22 +637,36 @@ impl Api {
                             let ns_name = name.to_string();
                             tokio::spawn(async move { api.finalize_namespace(ns_name).await });
                         }
-                        return Ok(r.results.into_iter().next().map(|kv| kv.value).unwrap_or_default());
+                        return Ok(r
+                            .results
+                            .into_iter()
+                            .next()
+                            .map(|kv| kv.value)
+                            .unwrap_or_default());
                     }
-                    Err(StoreError::Conflict { reason: ConflictReason::Stale, .. }) => continue,
+                    Err(StoreError::Conflict {
+                        reason: ConflictReason::Stale,
+                        ..
+                    }) => continue,
                     Err(e) => return Err(ApiError::from_store(e, res, name)),
                 }
             }
             if opts.dry_run {
                 return Ok(kv.value);
             }
-            let op = Op::Delete { key: res.key(ns, name), precondition: Precondition::ModRevision(kv.mod_revision) };
+            let op = Op::Delete {
+                key: res.key(ns, name),
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            };
             match self.store.txn(vec![op]).await {
                 Ok(_) => {
                     self.after_delete(res, ns, &obj, opts.propagation.as_deref());
                     return Ok(kv.value);
                 }
-                Err(StoreError::Conflict { reason: ConflictReason::Stale, .. }) => continue,
+                Err(StoreError::Conflict {
+                    reason: ConflictReason::Stale,
+                    ..
+                }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, res, name)),
             }
         }
@@ -496,12 +674,22 @@ impl Api {
     }
 
     /// Garbage-collect what the deleted object owned.
-    fn after_delete(self: &Arc<Self>, res: &Resource, ns: Option<&str>, obj: &Value, propagation: Option<&str>) {
+    fn after_delete(
+        self: &Arc<Self>,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: &Value,
+        propagation: Option<&str>,
+    ) {
         let Some(uid) = obj["metadata"]["uid"].as_str().map(String::from) else {
             return;
         };
         let orphan = propagation == Some("Orphan");
-        let ns = if res.namespaced { ns.map(String::from) } else { None };
+        let ns = if res.namespaced {
+            ns.map(String::from)
+        } else {
+            None
+        };
         let api = self.clone();
         tokio::spawn(async move {
             if let Err(e) = api.collect_dependents(&uid, ns.as_deref(), orphan).await {
@@ -512,39 +700,70 @@ impl Api {
 
     // Boxed, with an explicit `Send`: deletes spawn collections that delete again, and
     // the compiler cannot see through that recursion on its own.
-    fn collect_dependents<'a>(self: &'a Arc<Self>, uid: &'a str, ns: Option<&'a str>, orphan: bool) -> futures::future::BoxFuture<'a, ApiResult<()>> {
+    fn collect_dependents<'a>(
+        self: &'a Arc<Self>,
+        uid: &'a str,
+        ns: Option<&'a str>,
+        orphan: bool,
+    ) -> futures::future::BoxFuture<'a, ApiResult<()>> {
         Box::pin(self.collect_dependents_inner(uid, ns, orphan))
     }
 
-    async fn collect_dependents_inner(self: &Arc<Self>, uid: &str, ns: Option<&str>, orphan: bool) -> ApiResult<()> {
-        for res in RESOURCES.iter().filter(|r| r.namespaced == ns.is_some() || r.namespaced) {
+    async fn collect_dependents_inner(
+        self: &Arc<Self>,
+        uid: &str,
+        ns: Option<&str>,
+        orphan: bool,
+    ) -> ApiResult<()> {
+        for res in RESOURCES
+            .iter()
+            .filter(|r| r.namespaced == ns.is_some() || r.namespaced)
+        {
             let prefix = res.ns_prefix(ns);
-            let items = self.store.list(&prefix, &Default::default()).map_err(|e| ApiError::from_store(e, res, ""))?.items;
+            let items = self
+                .store
+                .list(&prefix, &Default::default())
+                .map_err(|e| ApiError::from_store(e, res, ""))?
+                .items;
             for kv in items {
                 // Cheap test before parsing: the owner's uid must appear in the bytes.
                 if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
                     continue;
                 }
                 let o = parse(&kv)?;
-                let owned = o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                let owned = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
                 if !owned {
                     continue;
                 }
-                let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let ons = o["metadata"]["namespace"].as_str().map(String::from);
                 let result = if orphan {
                     let uid = uid.to_string();
-                    self.update(res, ons.as_deref(), &name, None, FieldValidation::Ignore, false, move |cur| {
-                        let mut c = cur.clone();
-                        if let Some(refs) = c["metadata"]["ownerReferences"].as_array_mut() {
-                            refs.retain(|r| r["uid"] != uid.as_str());
-                        }
-                        Ok(c)
-                    })
+                    self.update(
+                        res,
+                        ons.as_deref(),
+                        &name,
+                        None,
+                        WriteOptions::INTERNAL,
+                        move |cur| {
+                            let mut c = cur.clone();
+                            if let Some(refs) = c["metadata"]["ownerReferences"].as_array_mut() {
+                                refs.retain(|r| r["uid"] != uid.as_str());
+                            }
+                            Ok(c)
+                        },
+                    )
                     .await
                     .map(|_| ())
                 } else {
-                    self.delete(res, ons.as_deref(), &name, DeleteOptions::default()).await.map(|_| ())
+                    self.delete(res, ons.as_deref(), &name, DeleteOptions::default())
+                        .await
+                        .map(|_| ())
                 };
                 if let Err(e) = result
                     && e.code != 404
@@ -571,7 +790,10 @@ impl Api {
         loop {
             let mut remaining = 0;
             for res in RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok(list) = self.store.list(&res.ns_prefix(Some(&ns)), &Default::default()) else {
+                let Ok(list) = self
+                    .store
+                    .list(&res.ns_prefix(Some(&ns)), &Default::default())
+                else {
                     remaining += 1;
                     continue;
                 };
@@ -581,8 +803,13 @@ impl Api {
                     if !o["metadata"]["deletionTimestamp"].is_null() {
                         continue;
                     }
-                    let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                    if let Err(e) = self.delete(res, Some(&ns), &name, DeleteOptions::default()).await
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Err(e) = self
+                        .delete(res, Some(&ns), &name, DeleteOptions::default())
+                        .await
                         && e.code != 404
                     {
                         tracing::warn!(namespace = %ns, name = %name, error = %e, "namespace content not deleted");
@@ -592,14 +819,19 @@ impl Api {
             if remaining == 0 {
                 let key = nsres.key(None, &ns);
                 if let Some(kv) = self.store.get(&key) {
-                    let op = Op::Delete { key, precondition: Precondition::ModRevision(kv.mod_revision) };
+                    let op = Op::Delete {
+                        key,
+                        precondition: Precondition::ModRevision(kv.mod_revision),
+                    };
                     match self.store.txn(vec![op]).await {
                         Ok(_) => {
                             tracing::info!(namespace = %ns, "namespace deleted");
                             return;
                         }
                         Err(StoreError::Conflict { .. }) => continue,
-                        Err(e) => tracing::warn!(namespace = %ns, error = %e, "namespace not deleted"),
+                        Err(e) => {
+                            tracing::warn!(namespace = %ns, error = %e, "namespace not deleted")
+                        }
                     }
                 } else {
                     return;
@@ -617,8 +849,12 @@ impl Api {
 
     /// Resume namespace deletions that a previous run did not finish.
     pub async fn resume_namespace_deletions(self: &Arc<Self>) {
-        let Some(nsres) = by_kind("Namespace") else { return };
-        let Ok(list) = self.store.list(&nsres.prefix(), &Default::default()) else { return };
+        let Some(nsres) = by_kind("Namespace") else {
+            return;
+        };
+        let Ok(list) = self.store.list(&nsres.prefix(), &Default::default()) else {
+            return;
+        };
         for kv in list.items {
             if let Ok(o) = parse(&kv)
                 && o["status"]["phase"] == "Terminating"
@@ -644,12 +880,16 @@ impl Api {
             runtime_class("mixed", &["wasm", "oci"]),
         ];
         for o in objects {
-            let res = by_kind(o["kind"].as_str().unwrap_or_default()).ok_or_else(|| ApiError::internal("unknown bootstrap kind"))?;
+            let res = by_kind(o["kind"].as_str().unwrap_or_default())
+                .ok_or_else(|| ApiError::internal("unknown bootstrap kind"))?;
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
             if self.store.get(&res.key(None, name)).is_some() {
                 continue;
             }
-            match self.create(res, None, o.clone(), FieldValidation::Strict, false).await {
+            match self
+                .create(res, None, o.clone(), FieldValidation::Strict, false)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e),
@@ -661,7 +901,10 @@ impl Api {
 
 /// Kinds whose spec changes bump `metadata.generation` (those a controller reconciles).
 fn tracks_generation(res: &Resource) -> bool {
-    matches!(res.kind, "Pod" | "Deployment" | "ReplicaSet" | "DaemonSet" | "Job")
+    matches!(
+        res.kind,
+        "Pod" | "Deployment" | "ReplicaSet" | "DaemonSet" | "Job"
+    )
 }
 
 fn runtime_class(name: &str, runtimes: &[&str]) -> Value {

@@ -49,7 +49,11 @@ pub struct Target {
 
 /// Parse a path into a route.
 pub fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["livez"] | ["readyz"] | ["healthz"] => Route::Health,
         ["livez" | "readyz" | "healthz", _] => Route::Health,
@@ -98,7 +102,9 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
         })
     };
     match rest {
-        ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => t("namespaces", None, Some(ns), Some(sub)),
+        ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => {
+            t("namespaces", None, Some(ns), Some(sub))
+        }
         ["namespaces", ns, plural] => t(plural, Some(ns), None, None),
         ["namespaces", ns, plural, name] => t(plural, Some(ns), Some(name), None),
         ["namespaces", ns, plural, name, sub] => t(plural, Some(ns), Some(name), Some(sub)),
@@ -142,7 +148,11 @@ impl Query {
                 .ok()
                 .filter(|n| *n >= 0)
                 .map(Some)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid value for {k}: {v:?}: must be a non-negative integer"))),
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid value for {k}: {v:?}: must be a non-negative integer"
+                    ))
+                }),
         }
     }
 
@@ -151,7 +161,9 @@ impl Query {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(o) => Err(ApiError::bad_request(format!("unsupported dryRun value {o:?}: only \"All\" is supported"))),
+            Some(o) => Err(ApiError::bad_request(format!(
+                "unsupported dryRun value {o:?}: only \"All\" is supported"
+            ))),
         }
     }
 }
@@ -177,7 +189,7 @@ pub fn negotiate(accept: Option<&str>, q: &Query) -> ApiResult<Output> {
         let params: Vec<&str> = it.collect();
         let is_json = matches!(mt, "application/json" | "*/*" | "application/*");
         if is_json && params.iter().any(|p| p.replace(' ', "") == "as=Table") {
-            let v1 = params.iter().any(|p| *p == "v=v1") || !params.iter().any(|p| p.starts_with("v="));
+            let v1 = params.contains(&"v=v1") || !params.iter().any(|p| p.starts_with("v="));
             if v1 {
                 return Ok(Output::Table(IncludeObject::parse(q.get("includeObject"))));
             }
@@ -206,12 +218,27 @@ mod tests {
             Route::Resource(t) => format!("{}:{:?}:{:?}:{:?}", t.res.plural, t.ns, t.name, t.sub),
             other => format!("{other:?}"),
         };
-        assert_eq!(r("/api/v1/namespaces/default/pods"), "pods:Some(\"default\"):None:None");
-        assert_eq!(r("/api/v1/namespaces/default/pods/x/log"), "pods:Some(\"default\"):Some(\"x\"):Some(\"log\")");
-        assert_eq!(r("/api/v1/namespaces/kube-system"), "namespaces:None:Some(\"kube-system\"):None");
-        assert_eq!(r("/api/v1/namespaces/x/status"), "namespaces:None:Some(\"x\"):Some(\"status\")");
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods"),
+            "pods:Some(\"default\"):None:None"
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/default/pods/x/log"),
+            "pods:Some(\"default\"):Some(\"x\"):Some(\"log\")"
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/kube-system"),
+            "namespaces:None:Some(\"kube-system\"):None"
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/x/status"),
+            "namespaces:None:Some(\"x\"):Some(\"status\")"
+        );
         assert_eq!(r("/api/v1/pods"), "pods:None:None:None");
-        assert_eq!(r("/apis/apps/v1/namespaces/d/deployments/w/scale"), "deployments:Some(\"d\"):Some(\"w\"):Some(\"scale\")");
+        assert_eq!(
+            r("/apis/apps/v1/namespaces/d/deployments/w/scale"),
+            "deployments:Some(\"d\"):Some(\"w\"):Some(\"scale\")"
+        );
         assert_eq!(r("/api/v1/nodes/n1"), "nodes:None:Some(\"n1\"):None");
         assert_eq!(r("/api/v1/pods/x"), "NotFound");
         assert_eq!(r("/apis/apps/v1/namespaces/d/statefulsets"), "NotFound");
@@ -222,9 +249,18 @@ mod tests {
     fn kubectl_get_asks_for_a_table() {
         let q = Query::default();
         let a = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(negotiate(Some(a), &q).unwrap(), Output::Table(IncludeObject::Metadata));
-        assert_eq!(negotiate(Some("application/json"), &q).unwrap(), Output::Json);
+        assert_eq!(
+            negotiate(Some(a), &q).unwrap(),
+            Output::Table(IncludeObject::Metadata)
+        );
+        assert_eq!(
+            negotiate(Some("application/json"), &q).unwrap(),
+            Output::Json
+        );
         assert!(negotiate(Some("application/vnd.kubernetes.protobuf"), &q).is_err());
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*"), &q).unwrap(), Output::Json);
+        assert_eq!(
+            negotiate(Some("application/vnd.kubernetes.protobuf, */*"), &q).unwrap(),
+            Output::Json
+        );
     }
 }

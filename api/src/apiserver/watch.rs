@@ -40,7 +40,13 @@ impl Stream {
     async fn send_object(&mut self, ty: &str, obj: &Value, raw: Option<&[u8]>) -> bool {
         let body = match self.output {
             Output::Table(include) if ty != "BOOKMARK" && ty != "ERROR" => {
-                let t = table::table(self.res.kind, std::slice::from_ref(obj), json!({}), include, self.first);
+                let t = table::table(
+                    self.res.kind,
+                    std::slice::from_ref(obj),
+                    json!({}),
+                    include,
+                    self.first,
+                );
                 self.first = false;
                 serde_json::to_vec(&t).unwrap_or_default()
             }
@@ -57,7 +63,8 @@ impl Stream {
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": md});
+        let obj =
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": md});
         self.send_object("BOOKMARK", &obj, None).await
     }
 
@@ -68,8 +75,17 @@ impl Stream {
 }
 
 /// Serve a watch on `prefix`.
-pub async fn serve(api: Arc<Api>, res: &'static Resource, prefix: String, q: &Query, output: Output, sel: Selectors) -> ApiResult<Response> {
-    let timeout = q.int("timeoutSeconds")?.map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s as u64));
+pub async fn serve(
+    api: Arc<Api>,
+    res: &'static Resource,
+    prefix: String,
+    q: &Query,
+    output: Output,
+    sel: Selectors,
+) -> ApiResult<Response> {
+    let timeout = q
+        .int("timeoutSeconds")?
+        .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s as u64));
     let bookmarks = q.flag("allowWatchBookmarks");
     let rv = q.get("resourceVersion").unwrap_or("");
     let send_initial = match q.get("sendInitialEvents") {
@@ -79,11 +95,21 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, prefix: String, q: &Qu
     };
     // Where to start: replay after `from`, after sending the state at `from` if asked.
     let (from, initial) = if rv.is_empty() || rv == "0" || send_initial {
-        let at = if rv.is_empty() || rv == "0" { None } else { Some(parse_rv(rv)?) };
+        let at = if rv.is_empty() || rv == "0" {
+            None
+        } else {
+            Some(parse_rv(rv)?)
+        };
         if send_initial {
             let list = api
                 .store
-                .list(&prefix, &ListOptions { revision: at, ..Default::default() })
+                .list(
+                    &prefix,
+                    &ListOptions {
+                        revision: at,
+                        ..Default::default()
+                    },
+                )
                 .map_err(|e| ApiError::from_store(e, res, ""))?;
             (list.revision, list.items)
         } else {
@@ -93,7 +119,12 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, prefix: String, q: &Qu
         (parse_rv(rv)?, Vec::new())
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let mut stream = Stream { res, output, first: true, tx };
+    let mut stream = Stream {
+        res,
+        output,
+        first: true,
+        tx,
+    };
     let watch = api.store.watch(&prefix, from);
     let mut shutdown = api.shutdown.clone();
     api.metrics.watches.fetch_add(1, Ordering::Relaxed);
@@ -102,9 +133,15 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, prefix: String, q: &Qu
         let _guard = scopeguard(metrics_api);
         let mut watch = match watch {
             Ok(w) => w,
-            Err(StoreError::Compacted { requested, compacted }) => {
+            Err(StoreError::Compacted {
+                requested,
+                compacted,
+            }) => {
                 stream
-                    .error(ApiError::gone(format!("too old resource version: {requested} ({})", compacted + 1)))
+                    .error(ApiError::gone(format!(
+                        "too old resource version: {requested} ({})",
+                        compacted + 1
+                    )))
                     .await;
                 return;
             }
@@ -187,8 +224,9 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, prefix: String, q: &Qu
 }
 
 fn parse_rv(rv: &str) -> ApiResult<Revision> {
-    rv.parse::<Revision>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}: must be a number")))
+    rv.parse::<Revision>().map_err(|_| {
+        ApiError::bad_request(format!("invalid resource version {rv:?}: must be a number"))
+    })
 }
 
 struct WatchGuard(Arc<Api>);

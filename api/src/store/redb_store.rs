@@ -133,17 +133,16 @@ impl RedbStore {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // A poisoned lock means a writer panicked mid-update; the data it guards was
         // only changed after a successful commit, so reading it is still sound.
-        self.shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Prometheus text for the store's own metrics.
     pub fn metrics_text(&self) -> String {
         let s = &self.shared.stats;
         let mut out = String::new();
-        out.push_str("# HELP skiff_store_commit_duration_seconds Time to durably commit one batch.\n");
+        out.push_str(
+            "# HELP skiff_store_commit_duration_seconds Time to durably commit one batch.\n",
+        );
         out.push_str("# TYPE skiff_store_commit_duration_seconds histogram\n");
         let mut cum = 0;
         for (i, ub) in COMMIT_BUCKETS_US.iter().enumerate() {
@@ -206,8 +205,16 @@ fn load(db: &Database) -> Result<State, StoreError> {
     w.commit().map_err(backend)?;
     let r = db.begin_read().map_err(backend)?;
     let meta = r.open_table(META).map_err(backend)?;
-    let revision = meta.get("revision").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-    let compacted = meta.get("compacted").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let revision = meta
+        .get("revision")
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let compacted = meta
+        .get("compacted")
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     let mut data = BTreeMap::new();
     let kv = r.open_table(KV).map_err(backend)?;
     for row in kv.iter().map_err(backend)? {
@@ -331,16 +338,24 @@ impl Store for RedbStore {
         if at > st.revision {
             return Err(StoreError::FutureRevision(at));
         }
-        let limit = if opts.limit == 0 { usize::MAX } else { opts.limit };
+        let limit = if opts.limit == 0 {
+            usize::MAX
+        } else {
+            opts.limit
+        };
         let start: &str = match &opts.start_after {
             Some(s) if s.as_str() >= prefix => s.as_str(),
             _ => prefix,
         };
-        let in_range = |k: &str| k.starts_with(prefix) && opts.start_after.as_deref().is_none_or(|s| k > s);
+        let in_range =
+            |k: &str| k.starts_with(prefix) && opts.start_after.as_deref().is_none_or(|s| k > s);
         if at == st.revision {
             let mut items = Vec::new();
             let mut more = false;
-            for (k, v) in st.data.range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded)) {
+            for (k, v) in st
+                .data
+                .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            {
                 if !k.starts_with(prefix) {
                     break;
                 }
@@ -368,7 +383,10 @@ impl Store for RedbStore {
         // Rebuild the prefix as it was at `at` by undoing the newer events.
         let mut view: BTreeMap<Arc<str>, KeyValue> = st
             .data
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -463,7 +481,8 @@ struct Writer {
     config: StoreConfig,
 }
 
-type Pending = (Vec<Arc<Event>>, TxnResult, oneshot::Sender<Result<TxnResult, StoreError>>);
+type Reply = oneshot::Sender<Result<TxnResult, StoreError>>;
+type Pending = (Vec<Arc<Event>>, TxnResult, Reply);
 
 impl Writer {
     fn new(db: Database, shared: Arc<Shared>, config: StoreConfig) -> Self {
@@ -503,9 +522,14 @@ impl Writer {
         }
     }
 
-    fn commit_batch(&mut self, txns: Vec<(Vec<Op>, oneshot::Sender<Result<TxnResult, StoreError>>)>) {
+    fn commit_batch(&mut self, txns: Vec<(Vec<Op>, Reply)>) {
         let started = Instant::now();
-        let mut next = self.shared.state.read().unwrap_or_else(|p| p.into_inner()).revision;
+        let mut next = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision;
         // Changes made by earlier transactions of this batch, not yet visible to readers.
         let mut overlay: HashMap<Arc<str>, Option<KeyValue>> = HashMap::new();
         let mut done: Vec<Pending> = Vec::new();
@@ -534,7 +558,9 @@ impl Writer {
         let stats = &self.shared.stats;
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats.txns.fetch_add(done.len() as u64, Ordering::Relaxed);
-        stats.commit_micros_total.fetch_add(elapsed, Ordering::Relaxed);
+        stats
+            .commit_micros_total
+            .fetch_add(elapsed, Ordering::Relaxed);
         let bucket = COMMIT_BUCKETS_US.iter().position(|b| elapsed <= *b);
         if let Some(b) = bucket {
             stats.commit_buckets[b].fetch_add(1, Ordering::Relaxed);
@@ -563,7 +589,12 @@ impl Writer {
         }
     }
 
-    fn lookup(&self, overlay: &HashMap<Arc<str>, Option<KeyValue>>, local: &[Event], key: &str) -> Option<KeyValue> {
+    fn lookup(
+        &self,
+        overlay: &HashMap<Arc<str>, Option<KeyValue>>,
+        local: &[Event],
+        key: &str,
+    ) -> Option<KeyValue> {
         if let Some(e) = local.iter().rev().find(|e| &*e.kv.key == key) {
             return match e.kind {
                 EventKind::Put => Some(e.kv.clone()),
@@ -591,9 +622,10 @@ impl Writer {
         let mut local: Vec<Event> = Vec::with_capacity(ops.len());
         for op in ops {
             let (key, precondition) = match &op {
-                Op::Put { key, precondition, .. } | Op::Delete { key, precondition } => {
-                    (key.clone(), *precondition)
+                Op::Put {
+                    key, precondition, ..
                 }
+                | Op::Delete { key, precondition } => (key.clone(), *precondition),
             };
             let current = self.lookup(overlay, &local, &key);
             check(&key, precondition, current.as_ref())?;
@@ -607,7 +639,9 @@ impl Writer {
                         kv: KeyValue {
                             key,
                             value: bytes,
-                            create_revision: current.as_ref().map_or(revision, |c| c.create_revision),
+                            create_revision: current
+                                .as_ref()
+                                .map_or(revision, |c| c.create_revision),
                             mod_revision: revision,
                         },
                         prev: current,
@@ -690,8 +724,19 @@ impl Writer {
     }
 
     fn compact_to(&mut self, revision: Revision) -> Result<(), StoreError> {
-        let current = self.shared.state.read().unwrap_or_else(|p| p.into_inner()).compacted;
-        let revision = revision.min(self.shared.state.read().unwrap_or_else(|p| p.into_inner()).revision);
+        let current = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .compacted;
+        let revision = revision.min(
+            self.shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision,
+        );
         if revision <= current {
             return Ok(());
         }
@@ -723,7 +768,9 @@ fn check(key: &str, p: Precondition, current: Option<&KeyValue>) -> Result<(), S
         (Precondition::None, _) => Ok(()),
         (Precondition::Absent, Some(_)) => fail(ConflictReason::Exists),
         (Precondition::Absent, None) => Ok(()),
-        (Precondition::Exists | Precondition::ModRevision(_), None) => fail(ConflictReason::Missing),
+        (Precondition::Exists | Precondition::ModRevision(_), None) => {
+            fail(ConflictReason::Missing)
+        }
         (Precondition::Exists, Some(_)) => Ok(()),
         (Precondition::ModRevision(r), Some(c)) if c.mod_revision == r => Ok(()),
         (Precondition::ModRevision(_), Some(_)) => fail(ConflictReason::Stale),

@@ -18,18 +18,35 @@ fn open(dir: &std::path::Path) -> RedbStore {
 async fn create_conflicts_and_compare_and_swap() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let r1 = s.txn(vec![put("a/1", "one", Precondition::Absent)]).await.unwrap();
+    let r1 = s
+        .txn(vec![put("a/1", "one", Precondition::Absent)])
+        .await
+        .unwrap();
     assert_eq!(r1.revision, 1);
     let again = s.txn(vec![put("a/1", "uno", Precondition::Absent)]).await;
-    assert!(matches!(again, Err(StoreError::Conflict { reason: ConflictReason::Exists, .. })));
+    assert!(matches!(
+        again,
+        Err(StoreError::Conflict {
+            reason: ConflictReason::Exists,
+            ..
+        })
+    ));
     let r2 = s
         .txn(vec![put("a/1", "two", Precondition::ModRevision(1))])
         .await
         .unwrap();
     assert_eq!(r2.results[0].create_revision, 1);
     assert_eq!(r2.results[0].mod_revision, 2);
-    let stale = s.txn(vec![put("a/1", "three", Precondition::ModRevision(1))]).await;
-    assert!(matches!(stale, Err(StoreError::Conflict { reason: ConflictReason::Stale, .. })));
+    let stale = s
+        .txn(vec![put("a/1", "three", Precondition::ModRevision(1))])
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::Conflict {
+            reason: ConflictReason::Stale,
+            ..
+        })
+    ));
     assert_eq!(s.get("a/1").unwrap().value, Bytes::from("two"));
     assert_eq!(s.revision(), 2, "refused writes must not consume revisions");
 }
@@ -38,12 +55,21 @@ async fn create_conflicts_and_compare_and_swap() {
 async fn concurrent_compare_and_swap_has_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(open(dir.path()));
-    let base = s.txn(vec![put("k", "0", Precondition::Absent)]).await.unwrap().revision;
+    let base = s
+        .txn(vec![put("k", "0", Precondition::Absent)])
+        .await
+        .unwrap()
+        .revision;
     let mut tasks = Vec::new();
     for i in 0..16 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.txn(vec![put("k", &i.to_string(), Precondition::ModRevision(base))]).await
+            s.txn(vec![put(
+                "k",
+                &i.to_string(),
+                Precondition::ModRevision(base),
+            )])
+            .await
         }));
     }
     let mut wins = 0;
@@ -60,20 +86,44 @@ async fn list_at_an_older_revision_and_paging() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     for i in 0..5 {
-        s.txn(vec![put(&format!("p/{i}"), "v1", Precondition::None)]).await.unwrap();
+        s.txn(vec![put(&format!("p/{i}"), "v1", Precondition::None)])
+            .await
+            .unwrap();
     }
     let at = s.revision();
-    s.txn(vec![put("p/0", "v2", Precondition::None)]).await.unwrap();
-    s.txn(vec![Op::Delete { key: "p/1".into(), precondition: Precondition::Exists }])
+    s.txn(vec![put("p/0", "v2", Precondition::None)])
         .await
         .unwrap();
-    s.txn(vec![put("p/9", "new", Precondition::None)]).await.unwrap();
-    let old = s.list("p/", &ListOptions { revision: Some(at), ..Default::default() }).unwrap();
+    s.txn(vec![Op::Delete {
+        key: "p/1".into(),
+        precondition: Precondition::Exists,
+    }])
+    .await
+    .unwrap();
+    s.txn(vec![put("p/9", "new", Precondition::None)])
+        .await
+        .unwrap();
+    let old = s
+        .list(
+            "p/",
+            &ListOptions {
+                revision: Some(at),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let keys: Vec<_> = old.items.iter().map(|kv| kv.key.to_string()).collect();
     assert_eq!(keys, ["p/0", "p/1", "p/2", "p/3", "p/4"]);
     assert_eq!(old.items[0].value, Bytes::from("v1"));
     let page = s
-        .list("p/", &ListOptions { limit: 2, start_after: Some("p/0".into()), revision: Some(at) })
+        .list(
+            "p/",
+            &ListOptions {
+                limit: 2,
+                start_after: Some("p/0".into()),
+                revision: Some(at),
+            },
+        )
         .unwrap();
     assert!(page.more);
     assert_eq!(page.items.len(), 2);
@@ -87,17 +137,29 @@ async fn list_at_an_older_revision_and_paging() {
 async fn watch_replays_history_then_follows_live_writes() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.txn(vec![put("w/a", "1", Precondition::None)]).await.unwrap();
-    let from = s.revision();
-    s.txn(vec![put("w/b", "2", Precondition::None)]).await.unwrap();
-    s.txn(vec![put("other/x", "3", Precondition::None)]).await.unwrap();
-    let mut w = s.watch("w/", from).unwrap();
-    s.txn(vec![Op::Delete { key: "w/a".into(), precondition: Precondition::None }])
+    s.txn(vec![put("w/a", "1", Precondition::None)])
         .await
         .unwrap();
+    let from = s.revision();
+    s.txn(vec![put("w/b", "2", Precondition::None)])
+        .await
+        .unwrap();
+    s.txn(vec![put("other/x", "3", Precondition::None)])
+        .await
+        .unwrap();
+    let mut w = s.watch("w/", from).unwrap();
+    s.txn(vec![Op::Delete {
+        key: "w/a".into(),
+        precondition: Precondition::None,
+    }])
+    .await
+    .unwrap();
     let e1 = w.next().await.unwrap();
     assert_eq!((&*e1.kv.key, e1.kind), ("w/b", EventKind::Put));
-    let e2 = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap();
+    let e2 = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((&*e2.kv.key, e2.kind), ("w/a", EventKind::Delete));
     assert_eq!(e2.prev.as_ref().unwrap().value, Bytes::from("1"));
 }
@@ -108,15 +170,23 @@ async fn acknowledged_writes_and_history_survive_reopen() {
     {
         let s = open(dir.path());
         for i in 0..10 {
-            s.txn(vec![put(&format!("r/{i}"), "x", Precondition::None)]).await.unwrap();
+            s.txn(vec![put(&format!("r/{i}"), "x", Precondition::None)])
+                .await
+                .unwrap();
         }
     }
     let s = open(dir.path());
     assert_eq!(s.revision(), 10);
-    assert_eq!(s.list("r/", &ListOptions::default()).unwrap().items.len(), 10);
+    assert_eq!(
+        s.list("r/", &ListOptions::default()).unwrap().items.len(),
+        10
+    );
     let mut w = s.watch("r/", 8).unwrap();
     assert_eq!(w.next().await.unwrap().revision, 9);
-    let r = s.txn(vec![put("r/new", "y", Precondition::None)]).await.unwrap();
+    let r = s
+        .txn(vec![put("r/new", "y", Precondition::None)])
+        .await
+        .unwrap();
     assert_eq!(r.revision, 11, "revisions keep increasing across restarts");
 }
 
@@ -125,17 +195,31 @@ async fn compacted_history_answers_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     for i in 0..10 {
-        s.txn(vec![put(&format!("c/{i}"), "x", Precondition::None)]).await.unwrap();
+        s.txn(vec![put(&format!("c/{i}"), "x", Precondition::None)])
+            .await
+            .unwrap();
     }
     s.compact(6).await.unwrap();
-    assert!(matches!(s.watch("c/", 3), Err(StoreError::Compacted { compacted: 6, .. })));
+    assert!(matches!(
+        s.watch("c/", 3),
+        Err(StoreError::Compacted { compacted: 6, .. })
+    ));
     assert!(s.watch("c/", 6).is_ok());
-    let old = s.list("c/", &ListOptions { revision: Some(2), ..Default::default() });
+    let old = s.list(
+        "c/",
+        &ListOptions {
+            revision: Some(2),
+            ..Default::default()
+        },
+    );
     assert!(matches!(old, Err(StoreError::Compacted { .. })));
     drop(s);
     let s = open(dir.path());
     assert_eq!(s.compacted_revision(), 6);
-    assert!(matches!(s.watch("c/", 3), Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        s.watch("c/", 3),
+        Err(StoreError::Compacted { .. })
+    ));
 }
 
 #[tokio::test]
@@ -146,7 +230,9 @@ async fn slow_watcher_is_dropped_not_buffered_forever() {
     let s = RedbStore::open(cfg).unwrap();
     let mut w = s.watch("", 0).unwrap();
     for i in 0..64 {
-        s.txn(vec![put(&format!("s/{i}"), "x", Precondition::None)]).await.unwrap();
+        s.txn(vec![put(&format!("s/{i}"), "x", Precondition::None)])
+            .await
+            .unwrap();
     }
     let mut lagged = false;
     for _ in 0..64 {

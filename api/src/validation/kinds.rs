@@ -2,7 +2,10 @@
 //! paths and messages. Objects arrive here already decoded into the typed schema (so
 //! types are right) and defaulted.
 
-use super::{Cause, dns1035_label, dns1123_label, dns1123_subdomain, labels, parse_quantity, qualified_name, QUANTITY_MSG};
+use super::{
+    Cause, QUANTITY_MSG, dns1035_label, dns1123_label, dns1123_subdomain, labels, parse_quantity,
+    qualified_name,
+};
 use crate::resources::{NameRule, Resource};
 use serde_json::Value;
 
@@ -29,11 +32,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
                 }
             }
         }
-        "Event" => {
-            if obj["involvedObject"].is_null() {
-                out.push(Cause::required("involvedObject"));
-            }
-        }
+        "Event" if obj["involvedObject"].is_null() => out.push(Cause::required("involvedObject")),
         _ => {}
     }
     out
@@ -47,10 +46,21 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
         "Pod" => pod_update(old, new, &mut out),
         "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" => {
             if old["spec"]["selector"] != new["spec"]["selector"] {
-                out.push(Cause::invalid("spec.selector", &new["spec"]["selector"], "field is immutable"));
+                out.push(Cause::invalid(
+                    "spec.selector",
+                    &new["spec"]["selector"],
+                    "field is immutable",
+                ));
             }
-            if res.kind == "Job" && strip_job_mutable(&old["spec"]["template"]) != strip_job_mutable(&new["spec"]["template"]) {
-                out.push(Cause::invalid("spec.template", &new["spec"]["template"], "field is immutable"));
+            if res.kind == "Job"
+                && strip_job_mutable(&old["spec"]["template"])
+                    != strip_job_mutable(&new["spec"]["template"])
+            {
+                out.push(Cause::invalid(
+                    "spec.template",
+                    &new["spec"]["template"],
+                    "field is immutable",
+                ));
             }
         }
         "Service" => {
@@ -63,11 +73,17 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
             if old["immutable"] == Value::Bool(true) {
                 for f in ["data", "binaryData", "stringData"] {
                     if old[f] != new[f] {
-                        out.push(Cause::forbidden(f, "field is immutable when `immutable` is set"));
+                        out.push(Cause::forbidden(
+                            f,
+                            "field is immutable when `immutable` is set",
+                        ));
                     }
                 }
                 if new["immutable"] != Value::Bool(true) {
-                    out.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
+                    out.push(Cause::forbidden(
+                        "immutable",
+                        "field is immutable when `immutable` is set",
+                    ));
                 }
             }
             if res.kind == "Secret" && old["type"] != new["type"] {
@@ -112,7 +128,11 @@ fn metadata(res: &Resource, obj: &Value, out: &mut Vec<Cause>) {
         let mut total = 0;
         for (k, v) in a {
             for e in qualified_name(k) {
-                out.push(Cause::invalid("metadata.annotations", &Value::String(k.clone()), e));
+                out.push(Cause::invalid(
+                    "metadata.annotations",
+                    &Value::String(k.clone()),
+                    e,
+                ));
             }
             total += k.len() + v.as_str().map_or(0, str::len);
         }
@@ -173,21 +193,39 @@ fn pod_spec(path: &str, spec: &Value, out: &mut Vec<Cause>) {
     let mut seen = Vec::new();
     for list in ["initContainers", "containers"] {
         for (i, c) in names_of(&spec[list]) {
-            container(&format!("{path}.{list}[{i}]"), c, &volume_names, &mut seen, out);
+            container(
+                &format!("{path}.{list}[{i}]"),
+                c,
+                &volume_names,
+                &mut seen,
+                out,
+            );
         }
     }
     let rp = &spec["restartPolicy"];
     if let Some(s) = rp.as_str()
         && !["Always", "OnFailure", "Never"].contains(&s)
     {
-        out.push(Cause::not_supported(format!("{path}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
+        out.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            rp,
+            &["Always", "OnFailure", "Never"],
+        ));
     }
     if let Some(rc) = spec["runtimeClassName"].as_str() {
         for e in dns1123_subdomain(rc) {
-            out.push(Cause::invalid(format!("{path}.runtimeClassName"), &spec["runtimeClassName"], e));
+            out.push(Cause::invalid(
+                format!("{path}.runtimeClassName"),
+                &spec["runtimeClassName"],
+                e,
+            ));
         }
     }
-    labels(&format!("{path}.nodeSelector"), spec.get("nodeSelector"), out);
+    labels(
+        &format!("{path}.nodeSelector"),
+        spec.get("nodeSelector"),
+        out,
+    );
     if let Some(g) = spec["terminationGracePeriodSeconds"].as_i64()
         && g < 0
     {
@@ -199,7 +237,13 @@ fn pod_spec(path: &str, spec: &Value, out: &mut Vec<Cause>) {
     }
 }
 
-fn container<'a>(path: &str, c: &'a Value, volumes: &[&str], seen: &mut Vec<&'a str>, out: &mut Vec<Cause>) {
+fn container<'a>(
+    path: &str,
+    c: &'a Value,
+    volumes: &[&str],
+    seen: &mut Vec<&'a str>,
+    out: &mut Vec<Cause>,
+) {
     match c["name"].as_str() {
         None | Some("") => out.push(Cause::required(format!("{path}.name"))),
         Some(n) => {
@@ -217,11 +261,21 @@ fn container<'a>(path: &str, c: &'a Value, volumes: &[&str], seen: &mut Vec<&'a 
     }
     for (j, p) in names_of(&c["ports"]) {
         let pp = format!("{path}.ports[{j}]");
-        port_number(&format!("{pp}.containerPort"), &p["containerPort"], true, out);
+        port_number(
+            &format!("{pp}.containerPort"),
+            &p["containerPort"],
+            true,
+            out,
+        );
         port_number(&format!("{pp}.hostPort"), &p["hostPort"], false, out);
         protocol(&format!("{pp}.protocol"), &p["protocol"], out);
         if let Some(n) = p["name"].as_str()
-            && !(n.len() <= 15 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && n.bytes().any(|b| b.is_ascii_lowercase()) && !n.starts_with('-') && !n.ends_with('-'))
+            && !(n.len() <= 15
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && n.bytes().any(|b| b.is_ascii_lowercase())
+                && !n.starts_with('-')
+                && !n.ends_with('-'))
         {
             out.push(Cause::invalid(format!("{pp}.name"), &p["name"], "must be no more than 15 characters, contain only lowercase alphanumerics or '-', contain at least one letter and not start or end with '-'"));
         }
@@ -241,7 +295,9 @@ fn container<'a>(path: &str, c: &'a Value, volumes: &[&str], seen: &mut Vec<&'a 
             });
         }
         if m["mountPath"].as_str().is_none_or(str::is_empty) {
-            out.push(Cause::required(format!("{path}.volumeMounts[{j}].mountPath")));
+            out.push(Cause::required(format!(
+                "{path}.volumeMounts[{j}].mountPath"
+            )));
         }
     }
     resources(&format!("{path}.resources"), &c["resources"], out);
@@ -252,9 +308,11 @@ fn port_number(path: &str, v: &Value, required: bool, out: &mut Vec<Cause>) {
         None if required => out.push(Cause::required(path)),
         None => {}
         Some(0) if !required => {}
-        Some(n) if !(1..=65535).contains(&n) => {
-            out.push(Cause::invalid(path, v, "must be between 1 and 65535, inclusive"))
-        }
+        Some(n) if !(1..=65535).contains(&n) => out.push(Cause::invalid(
+            path,
+            v,
+            "must be between 1 and 65535, inclusive",
+        )),
         Some(_) => {}
     }
 }
@@ -273,22 +331,29 @@ fn resources(path: &str, r: &Value, out: &mut Vec<Cause>) {
             let field = format!("{path}.{part}[{name}]");
             match q.as_str().and_then(parse_quantity) {
                 None => out.push(Cause::invalid(&field, q, QUANTITY_MSG)),
-                Some(v) if v.value() < 0.0 => {
-                    out.push(Cause::invalid(&field, q, "must be greater than or equal to 0"))
-                }
+                Some(v) if v.value() < 0.0 => out.push(Cause::invalid(
+                    &field,
+                    q,
+                    "must be greater than or equal to 0",
+                )),
                 Some(_) => {}
             }
         }
     }
     for (name, req) in r["requests"].as_object().into_iter().flatten() {
         let lim = &r["limits"][name.as_str()];
-        if let (Some(rq), Some(l)) = (req.as_str().and_then(parse_quantity), lim.as_str().and_then(parse_quantity))
-            && rq.value() > l.value()
+        if let (Some(rq), Some(l)) = (
+            req.as_str().and_then(parse_quantity),
+            lim.as_str().and_then(parse_quantity),
+        ) && rq.value() > l.value()
         {
             out.push(Cause::invalid(
                 format!("{path}.requests"),
                 req,
-                format!("must be less than or equal to {name} limit of {}", lim.as_str().unwrap_or_default()),
+                format!(
+                    "must be less than or equal to {name} limit of {}",
+                    lim.as_str().unwrap_or_default()
+                ),
             ));
         }
     }
@@ -296,19 +361,31 @@ fn resources(path: &str, r: &Value, out: &mut Vec<Cause>) {
 
 fn selector_matches(selector: &Value, labels: &Value) -> bool {
     let ml = selector["matchLabels"].as_object();
-    let ok_labels = ml.into_iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let ok_exprs = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
-        let key = e["key"].as_str().unwrap_or_default();
-        let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let have = labels.get(key).and_then(Value::as_str);
-        match e["operator"].as_str() {
-            Some("In") => have.is_some_and(|h| vals.contains(&h)),
-            Some("NotIn") => have.is_none_or(|h| !vals.contains(&h)),
-            Some("Exists") => have.is_some(),
-            Some("DoesNotExist") => have.is_none(),
-            _ => false,
-        }
-    });
+    let ok_labels = ml
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let ok_exprs = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let have = labels.get(key).and_then(Value::as_str);
+            match e["operator"].as_str() {
+                Some("In") => have.is_some_and(|h| vals.contains(&h)),
+                Some("NotIn") => have.is_none_or(|h| !vals.contains(&h)),
+                Some("Exists") => have.is_some(),
+                Some("DoesNotExist") => have.is_none(),
+                _ => false,
+            }
+        });
     ok_labels && ok_exprs
 }
 
@@ -322,7 +399,11 @@ fn workload(kind: &str, obj: &Value, out: &mut Vec<Cause>) {
         } else if sel["matchLabels"].as_object().is_none_or(|m| m.is_empty())
             && sel["matchExpressions"].as_array().is_none_or(Vec::is_empty)
         {
-            out.push(Cause::invalid("spec.selector", sel, "empty selector is invalid for deployment"));
+            out.push(Cause::invalid(
+                "spec.selector",
+                sel,
+                "empty selector is invalid for deployment",
+            ));
         } else if !selector_matches(sel, &tmpl["metadata"]["labels"]) {
             out.push(Cause::invalid(
                 "spec.template.metadata.labels",
@@ -336,10 +417,18 @@ fn workload(kind: &str, obj: &Value, out: &mut Vec<Cause>) {
         if let Some(n) = spec[f].as_i64()
             && n < 0
         {
-            out.push(Cause::invalid(format!("spec.{f}"), &spec[f], "must be greater than or equal to 0"));
+            out.push(Cause::invalid(
+                format!("spec.{f}"),
+                &spec[f],
+                "must be greater than or equal to 0",
+            ));
         }
     }
-    labels("spec.template.metadata.labels", tmpl["metadata"].get("labels"), out);
+    labels(
+        "spec.template.metadata.labels",
+        tmpl["metadata"].get("labels"),
+        out,
+    );
     pod_spec("spec.template.spec", &tmpl["spec"], out);
     let rp = tmpl["spec"]["restartPolicy"].as_str();
     match kind {
@@ -349,7 +438,11 @@ fn workload(kind: &str, obj: &Value, out: &mut Vec<Cause>) {
             &["OnFailure", "Never"],
         )),
         "Deployment" | "ReplicaSet" | "DaemonSet" if rp.is_some_and(|r| r != "Always") => {
-            out.push(Cause::not_supported("spec.template.spec.restartPolicy", &tmpl["spec"]["restartPolicy"], &["Always"]))
+            out.push(Cause::not_supported(
+                "spec.template.spec.restartPolicy",
+                &tmpl["spec"]["restartPolicy"],
+                &["Always"],
+            ))
         }
         _ => {}
     }
@@ -359,7 +452,11 @@ fn service(obj: &Value, out: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
     if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-        out.push(Cause::not_supported("spec.type", &spec["type"], &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+        out.push(Cause::not_supported(
+            "spec.type",
+            &spec["type"],
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
     }
     let ports = spec["ports"].as_array();
     let headless = spec["clusterIP"].as_str() == Some("None");
@@ -375,7 +472,10 @@ fn service(obj: &Value, out: &mut Vec<Cause>) {
             None | Some("") if many => out.push(Cause::required(format!("spec.ports[{i}].name"))),
             Some(n) if !n.is_empty() => {
                 if names.contains(&n) {
-                    out.push(Cause::duplicate(format!("spec.ports[{i}].name"), &p["name"]));
+                    out.push(Cause::duplicate(
+                        format!("spec.ports[{i}].name"),
+                        &p["name"],
+                    ));
                 }
                 names.push(n);
             }
@@ -389,7 +489,10 @@ fn data_keys(kind: &str, obj: &Value, out: &mut Vec<Cause>) {
     let mut total = 0;
     for f in ["data", "binaryData", "stringData"] {
         for (k, v) in obj[f].as_object().into_iter().flatten() {
-            let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            let ok = !k.is_empty()
+                && k.len() <= 253
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
             if !ok {
                 out.push(Cause::invalid(
                     format!("{f}[{k}]"),
@@ -451,21 +554,65 @@ mod tests {
     fn pod_rules() {
         let res = by_kind("Pod").unwrap();
         let table: Vec<(Value, &str)> = vec![
-            (pod(json!({"containers": []})), "spec.containers: Required value"),
-            (pod(json!({"containers": [{"name": "a"}]})), "spec.containers[0].image: Required value"),
-            (pod(json!({"containers": [{"name": "A", "image": "x"}]})), "spec.containers[0].name: Invalid value: \"A\""),
-            (pod(json!({"containers": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]})), "spec.containers[1].name: Duplicate value"),
-            (pod(json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 70000}]}]})), "must be between 1 and 65535"),
-            (pod(json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "lots"}}}]})), "spec.containers[0].resources.limits[cpu]: Invalid value: \"lots\""),
-            (pod(json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}}]})), "must be less than or equal to cpu limit of 1"),
-            (pod(json!({"containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]})), "volumeMounts[0].name: Not found: \"v\""),
-            (pod(json!({"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]})), "spec.restartPolicy: Unsupported value: \"Sometimes\""),
+            (
+                pod(json!({"containers": []})),
+                "spec.containers: Required value",
+            ),
+            (
+                pod(json!({"containers": [{"name": "a"}]})),
+                "spec.containers[0].image: Required value",
+            ),
+            (
+                pod(json!({"containers": [{"name": "A", "image": "x"}]})),
+                "spec.containers[0].name: Invalid value: \"A\"",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]}),
+                ),
+                "spec.containers[1].name: Duplicate value",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 70000}]}]}),
+                ),
+                "must be between 1 and 65535",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "lots"}}}]}),
+                ),
+                "spec.containers[0].resources.limits[cpu]: Invalid value: \"lots\"",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}}]}),
+                ),
+                "must be less than or equal to cpu limit of 1",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}),
+                ),
+                "volumeMounts[0].name: Not found: \"v\"",
+            ),
+            (
+                pod(
+                    json!({"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]}),
+                ),
+                "spec.restartPolicy: Unsupported value: \"Sometimes\"",
+            ),
         ];
         for (obj, want) in table {
             let got: Vec<String> = validate(res, &obj).iter().map(Cause::line).collect();
-            assert!(got.iter().any(|l| l.contains(want)), "want {want:?} in {got:?}");
+            assert!(
+                got.iter().any(|l| l.contains(want)),
+                "want {want:?} in {got:?}"
+            );
         }
-        let ok = pod(json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]}));
+        let ok = pod(
+            json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 80}]}]}),
+        );
         assert!(validate(res, &ok).is_empty());
     }
 
@@ -475,8 +622,14 @@ mod tests {
         let old = pod(json!({"containers": [{"name": "a", "image": "x"}]}));
         let image = pod(json!({"containers": [{"name": "a", "image": "y"}]}));
         assert!(validate_update(res, &old, &image).is_empty());
-        let ports = pod(json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]}]}));
-        assert!(validate_update(res, &old, &ports)[0].line().starts_with("spec: Forbidden: pod updates may not change"));
+        let ports = pod(
+            json!({"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]}]}),
+        );
+        assert!(
+            validate_update(res, &old, &ports)[0]
+                .line()
+                .starts_with("spec: Forbidden: pod updates may not change")
+        );
     }
 
     #[test]

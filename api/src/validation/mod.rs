@@ -155,7 +155,8 @@ fn name_chars(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// A label or annotation key: an optional DNS subdomain prefix and `/`, then a name.
@@ -169,7 +170,11 @@ pub fn qualified_name(s: &str) -> Vec<String> {
         if p.is_empty() {
             errs.push("prefix part must be non-empty".to_string());
         } else {
-            errs.extend(dns1123_subdomain(p).into_iter().map(|e| format!("prefix part {e}")));
+            errs.extend(
+                dns1123_subdomain(p)
+                    .into_iter()
+                    .map(|e| format!("prefix part {e}")),
+            );
         }
         if name.contains('/') {
             errs.push("a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')".to_string());
@@ -212,7 +217,11 @@ pub fn labels(field: &str, v: Option<&Value>, out: &mut Vec<Cause>) {
                     out.push(Cause::invalid(format!("{field}[{k}]"), val, e));
                 }
             }
-            None => out.push(Cause::invalid(format!("{field}[{k}]"), val, "must be a string")),
+            None => out.push(Cause::invalid(
+                format!("{field}[{k}]"),
+                val,
+                "must be a string",
+            )),
         }
     }
 }
@@ -229,7 +238,8 @@ impl Quantity {
 }
 
 /// The message Kubernetes gives for a quantity that does not parse.
-pub const QUANTITY_MSG: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+pub const QUANTITY_MSG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 /// Parse a Kubernetes quantity such as `250m`, `64Mi`, `1.5`, `1e3`.
 pub fn parse_quantity(s: &str) -> Option<Quantity> {
