@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check and test of the repository, installing what the tests need when it is
+# missing (Debian packages, the Python Kubernetes client). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if ((${#need_apt[@]})); then
+  echo "installing: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! python3 -c 'import kubernetes' 2>/dev/null; then
+  echo "installing the Python kubernetes client"
+  python3 -m pip install -q kubernetes || python3 -m pip install -q --break-system-packages kubernetes
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if command -v cargo-nextest >/dev/null; then
+  # nextest does not run doctests; run them first so the summary below closes the log
+  cargo test --workspace --locked --doc -q
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
