@@ -183,6 +183,13 @@ pub async fn serve(
                         Err(WatchError::Closed) => return,
                     };
                     let sent = match ev.kind {
+                        // The common case (no selector, JSON out) forwards the stored
+                        // bytes without parsing them: a thousand watchers must not
+                        // mean a thousand JSON parses per write.
+                        EventKind::Put if sel.is_empty() && stream.output == Output::Json => {
+                            let ty = if ev.prev.is_none() { "ADDED" } else { "MODIFIED" };
+                            stream.send(ty, &ev.kv.value).await
+                        }
                         EventKind::Put => {
                             let Ok(obj) = parse(&ev.kv) else { continue };
                             let now = sel.matches(&obj);
