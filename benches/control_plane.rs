@@ -104,6 +104,27 @@ async fn concurrent_creates(s: &Server, token: &str, ns: &str, clients: usize, t
 async fn paced_creates(s: &Server, token: &str, ns: &str, rate: u64, secs: u64) {
     let http = client(s);
     let url = s.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    // Warm the connection pool first, so the figure is the server's latency and not the
+    // load generator's TLS handshakes.
+    let warm: Vec<_> = (0..64)
+        .map(|_| {
+            let (http, url, token) = (http.clone(), url.clone(), token.to_string());
+            tokio::spawn(async move {
+                http.get(&url)
+                    .query(&[("limit", "1")])
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap();
+    }
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::new();
@@ -240,7 +261,18 @@ async fn watchers(s: &Server, token: &str, watchers: usize, rate: u64, secs: u64
             let mut stream = r.bytes_stream();
             let (mut buf, mut seen, mut last, mut dup_or_reorder, mut errors) =
                 (Vec::new(), 0u64, 0u64, 0u64, 0u64);
-            while let Some(chunk) = stream.next().await {
+            loop {
+                if seen >= expected.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Wake up now and then: the count to reach is known only after the
+                // writes end, possibly after the last event already arrived.
+                let chunk =
+                    match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                        Err(_) => continue,
+                        Ok(None) => break,
+                        Ok(Some(c)) => c,
+                    };
                 let Ok(chunk) = chunk else { break };
                 buf.extend_from_slice(&chunk);
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
@@ -256,9 +288,6 @@ async fn watchers(s: &Server, token: &str, watchers: usize, rate: u64, secs: u64
                         }
                         _ => dup_or_reorder += 1,
                     }
-                }
-                if seen >= expected.load(Ordering::Relaxed) {
-                    break;
                 }
             }
             (seen, dup_or_reorder, errors)
@@ -286,7 +315,8 @@ async fn watchers(s: &Server, token: &str, watchers: usize, rate: u64, secs: u64
     let write_secs = t0.elapsed().as_secs_f64();
     expected.store(acked, Ordering::Relaxed);
     let rss = s.rss_kib().unwrap_or(0);
-    let (mut lost, mut dups, mut errs, mut complete) = (0u64, 0u64, 0u64, 0usize);
+    let (mut lost, mut dups, mut errs, mut complete, mut unfinished) =
+        (0u64, 0u64, 0u64, 0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(60);
     for t in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -299,11 +329,11 @@ async fn watchers(s: &Server, token: &str, watchers: usize, rate: u64, secs: u64
                     complete += 1;
                 }
             }
-            _ => lost += acked,
+            _ => unfinished += 1,
         }
     }
     println!(
-        "{watchers} watchers, {acked} writes at {:.0}/s over {write_secs:.1} s: {complete}/{watchers} watchers got every event; lost {lost}, duplicated or out of order {dups}, watch errors {errs}; server RSS {:.0} MB",
+        "{watchers} watchers, {acked} writes at {:.0}/s over {write_secs:.1} s: {complete}/{watchers} watchers got every event, {unfinished} still reading 60 s after the last write; among finished watchers lost {lost}, duplicated or out of order {dups}, watch errors {errs}; server RSS {:.0} MB",
         acked as f64 / write_secs,
         rss as f64 / 1024.0
     );
