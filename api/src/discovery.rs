@@ -55,6 +55,27 @@ pub fn api_group(group: &str) -> Option<Value> {
         })
 }
 
+/// What a subresource answers with: its kind, group, version and verbs.
+fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str, Value) {
+    match sub {
+        "scale" => (
+            "Scale",
+            "autoscaling",
+            "v1",
+            json!(["get", "patch", "update"]),
+        ),
+        "binding" => ("Binding", "", "v1", json!(["create"])),
+        "log" => ("Pod", "", "v1", json!(["get"])),
+        "finalize" => (r.kind, r.group, r.version, json!(["update"])),
+        _ => (
+            r.kind,
+            r.group,
+            r.version,
+            json!(["get", "patch", "update"]),
+        ),
+    }
+}
+
 fn resource_entries(r: &Resource) -> Vec<Value> {
     let mut out = vec![json!({
         "name": r.plural,
@@ -66,22 +87,11 @@ fn resource_entries(r: &Resource) -> Vec<Value> {
         "categories": r.categories,
     })];
     for sub in r.subresources {
-        let (kind, group, version, verbs) = match *sub {
-            "scale" => (
-                "Scale",
-                Some("autoscaling"),
-                Some("v1"),
-                json!(["get", "patch", "update"]),
-            ),
-            "binding" => ("Binding", None, None, json!(["create"])),
-            "log" => ("Pod", None, None, json!(["get"])),
-            "finalize" => (r.kind, None, None, json!(["update"])),
-            _ => (r.kind, None, None, json!(["get", "patch", "update"])),
-        };
+        let (kind, group, version, verbs) = subresource_kind(r, sub);
         let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
-        if let (Some(g), Some(v)) = (group, version) {
-            e["group"] = json!(g);
-            e["version"] = json!(v);
+        if (group, version) != (r.group, r.version) {
+            e["group"] = json!(group);
+            e["version"] = json!(version);
         }
         out.push(e);
     }
@@ -124,13 +134,7 @@ pub fn aggregated(legacy: bool, api_version: &str) -> Value {
                     .subresources
                     .iter()
                     .map(|sub| {
-                        let (kind, group, version, verbs) = match *sub {
-                            "scale" => ("Scale", "autoscaling", "v1", json!(["get", "patch", "update"])),
-                            "binding" => ("Binding", "", "v1", json!(["create"])),
-                            "log" => ("Pod", "", "v1", json!(["get"])),
-                            "finalize" => (r.kind, r.group, r.version, json!(["update"])),
-                            _ => (r.kind, r.group, r.version, json!(["get", "patch", "update"])),
-                        };
+                        let (kind, group, version, verbs) = subresource_kind(r, sub);
                         json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
                     })
                     .collect();

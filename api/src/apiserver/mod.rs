@@ -55,13 +55,7 @@ impl Api {
         auth: Auth,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Api> {
-        Arc::new(Api {
-            store,
-            auth,
-            metrics: Metrics::default(),
-            shutdown,
-            extra_metrics: None,
-        })
+        Self::build(store, auth, shutdown, None)
     }
 
     /// Same, with a function adding more Prometheus text to `/metrics`.
@@ -71,12 +65,21 @@ impl Api {
         shutdown: tokio::sync::watch::Receiver<bool>,
         extra: Box<dyn Fn() -> String + Send + Sync>,
     ) -> Arc<Api> {
+        Self::build(store, auth, shutdown, Some(extra))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        auth: Auth,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    ) -> Arc<Api> {
         Arc::new(Api {
             store,
             auth,
             metrics: Metrics::default(),
             shutdown,
-            extra_metrics: Some(extra),
+            extra_metrics,
         })
     }
 

@@ -292,12 +292,7 @@ impl Api {
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    let body = r
-                        .results
-                        .into_iter()
-                        .next()
-                        .map(|kv| kv.value)
-                        .unwrap_or_default();
+                    let body = r.into_first_value();
                     return Ok(Written { body, warnings });
                 }
                 Err(StoreError::Conflict {
@@ -461,12 +456,7 @@ impl Api {
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    let body = r
-                        .results
-                        .into_iter()
-                        .next()
-                        .map(|kv| kv.value)
-                        .unwrap_or_default();
+                    let body = r.into_first_value();
                     if finished {
                         self.after_delete(res, ns, &new, None);
                     }
@@ -637,12 +627,7 @@ impl Api {
                             let ns_name = name.to_string();
                             tokio::spawn(async move { api.finalize_namespace(ns_name).await });
                         }
-                        return Ok(r
-                            .results
-                            .into_iter()
-                            .next()
-                            .map(|kv| kv.value)
-                            .unwrap_or_default());
+                        return Ok(r.into_first_value());
                     }
                     Err(StoreError::Conflict {
                         reason: ConflictReason::Stale,

@@ -130,7 +130,7 @@ pub async fn serve(
     api.metrics.watches.fetch_add(1, Ordering::Relaxed);
     let metrics_api = api.clone();
     tokio::spawn(async move {
-        let _guard = scopeguard(metrics_api);
+        let _guard = WatchGuard(metrics_api);
         let mut watch = match watch {
             Ok(w) => w,
             Err(StoreError::Compacted {
@@ -236,11 +236,8 @@ fn parse_rv(rv: &str) -> ApiResult<Revision> {
     })
 }
 
+/// Counts the watch in the open-watches gauge for as long as its task lives.
 struct WatchGuard(Arc<Api>);
-
-fn scopeguard(api: Arc<Api>) -> WatchGuard {
-    WatchGuard(api)
-}
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {

@@ -136,6 +136,17 @@ pub struct TxnResult {
     pub results: Vec<KeyValue>,
 }
 
+impl TxnResult {
+    /// The bytes of the first operation's result (the object written or removed).
+    pub fn into_first_value(self) -> Bytes {
+        self.results
+            .into_iter()
+            .next()
+            .map(|kv| kv.value)
+            .unwrap_or_default()
+    }
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -724,19 +724,10 @@ impl Writer {
     }
 
     fn compact_to(&mut self, revision: Revision) -> Result<(), StoreError> {
-        let current = self
-            .shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .compacted;
-        let revision = revision.min(
-            self.shared
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .revision,
-        );
+        let (current, revision) = {
+            let st = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            (st.compacted, revision.min(st.revision))
+        };
         if revision <= current {
             return Ok(());
         }
