@@ -8,7 +8,8 @@ mod common;
 use common::Server;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::sync::Notify;
 
 fn cm(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": name}})
@@ -37,11 +38,17 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
         .parse()
         .unwrap();
 
-    // Writers keep creating until the server dies under them; every 201 is recorded.
+    // Writers keep creating until the server dies under them; every 201 is recorded. The
+    // server is killed once the writers themselves hold 300 acknowledgements (counting the
+    // store's revision instead races with responses still in flight).
+    const KILL_AFTER: usize = 300;
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(Notify::new());
     let mut writers = Vec::new();
     for w in 0..8 {
         let (http, token, url, stop) = (http.clone(), token.clone(), s.url(CMS), stop.clone());
+        let (acks, enough) = (acks.clone(), enough.clone());
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in 0.. {
@@ -69,6 +76,9 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
                                 .parse::<u64>()
                                 .unwrap(),
                         ));
+                        if acks.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER {
+                            enough.notify_one();
+                        }
                     }
                     _ => break,
                 }
@@ -76,28 +86,7 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
             acked
         }));
     }
-    // Let some writes land, then kill the server mid-stream.
-    loop {
-        let v: Value = http
-            .get(s.url(&format!("{CMS}?limit=1")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            > start_rv + 300
-        {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    enough.notified().await;
     s.kill9();
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
@@ -105,7 +94,7 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
         acked.extend(w.await.unwrap());
     }
     assert!(
-        acked.len() >= 300,
+        acked.len() >= KILL_AFTER,
         "only {} writes acknowledged",
         acked.len()
     );
