@@ -22,6 +22,9 @@
 #include <string.h>
 #include <time.h>
 
+/* Keeps --alloc's blocks reachable. */
+static void *volatile alloc_root;
+
 static long arg_value(const char *arg, const char *name) {
   size_t n = strlen(name);
   if (strncmp(arg, name, n) != 0 || arg[n] != '=')
@@ -87,7 +90,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "job: allocation failed after %ld MiB\n", i);
         return 4;
       }
-      memset(p, 1, 1 << 20); /* touch it; never freed */
+      memset(p, 1, 1 << 20);
+      /* Chain the blocks from a volatile root, so the compiler cannot drop them. */
+      *(void **)p = alloc_root;
+      alloc_root = p;
     }
     printf("allocated %ld MiB\n", alloc_mib);
   }
