@@ -48,7 +48,10 @@ as_root() {
 
 # --- 1. tools -----------------------------------------------------------------------------
 
-cpy_version() { componentize-py --version 2>/dev/null | awk '{print $2}'; }
+cpy_version() { # the installed componentize-py's version, or nothing
+  command -v componentize-py >/dev/null || return 0
+  componentize-py --version 2>/dev/null | awk '{print $2}' || true
+}
 CPY_VERSION=$(cpy_version)
 need_pip=()
 command -v wasm-tools >/dev/null || need_pip+=("$PIP_WASM_TOOLS")
@@ -77,7 +80,7 @@ if ((${#need_pip[@]})); then
   python3 -m pip install -q "${need_pip[@]}" 2>/dev/null ||
     python3 -m pip install -q --break-system-packages "${need_pip[@]}"
   # A non-root pip installs scripts into the user base, which may not be on PATH.
-  user_bin="$(python3 -m site --user-base)/bin"
+  user_bin="$(python3 -c 'import site; print(site.getuserbase())')/bin"
   [[ ":$PATH:" == *":$user_bin:"* ]] || PATH="$PATH:$user_bin"
   hash -r
   CPY_VERSION=$(cpy_version)
@@ -111,7 +114,7 @@ find_crates() {
 }
 if ! find_crates; then
   say "fetching wasmtime-wasi-http and wasi-preview1-component-adapter-provider $WASMTIME_VERSION (cargo fetch)"
-  host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+  host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p' || true)
   cargo fetch --locked --manifest-path "$EX/deps/Cargo.toml" ${host:+--target "$host"}
   find_crates || die "cargo fetch ran, but the crate sources are not under $CARGO_HOME/registry/src"
 fi
@@ -192,7 +195,7 @@ check_p1_command() {
 
 CFLAGS=(--target=wasm32-wasi --sysroot=/usr -O2 -Wall -Wextra -Werror)
 # --strip-all keeps the component-type custom section wit-bindgen puts in the object file.
-LDFLAGS=(-Wl,--strip-all)
+LDFLAGS=("-Wl,--strip-all")
 skipped=()
 
 # hello-http-c: a reactor module (no main; exports the handler) + the proxy adapter.
@@ -204,9 +207,7 @@ if up_to_date hello-http-c.wasm "$key"; then
   skipped+=(hello-http-c.wasm)
 else
   say "compiling hello-http-c (C, wasi:http/proxy@$WASI_VERSION)"
-  # The bindings are generated code: do not let warnings in them fail the build.
-  "$CLANG" "${CFLAGS[@]}" -Wno-error -Wno-unused-parameter -Wno-unused-function \
-    -mexec-model=reactor -I"$HC/bindings" "$HC/hello.c" "$HC/bindings/proxy.c" \
+  "$CLANG" "${CFLAGS[@]}" -mexec-model=reactor -I"$HC/bindings" "$HC/hello.c" "$HC/bindings/proxy.c" \
     "$HC/bindings/proxy_component_type.o" "${LDFLAGS[@]}" -o "$WORK/hello-http-c.core.wasm"
   wasm-tools component new "$WORK/hello-http-c.core.wasm" \
     --adapt "wasi_snapshot_preview1=$ADAPTERS/wasi_snapshot_preview1.proxy.wasm" \
