@@ -415,6 +415,14 @@ impl Cache {
         record: ArtifactRecord,
     ) -> Result<(), ArtifactError> {
         let mut index = self.index.lock().await;
+        let unchanged = index.artifacts.get(digest) == Some(&record)
+            && names
+                .iter()
+                .all(|n| index.refs.get(n).is_some_and(|r| r.digest == digest));
+        if unchanged {
+            // An `Always` pull that found the same digest: no write per pod start.
+            return Ok(());
+        }
         index.artifacts.insert(digest.to_string(), record);
         let now = jiff::Timestamp::now().to_string();
         for name in names {

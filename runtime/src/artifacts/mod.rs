@@ -217,12 +217,15 @@ struct Counters {
 
 type PullFuture = Shared<BoxFuture<'static, Result<Artifact, ArtifactError>>>;
 type ClientKey = (String, bool, RegistryCredentials);
+/// One pull in flight per reference and credentials: a pod with valid credentials must
+/// not inherit the failure of an anonymous pull of the same reference.
+type FlightKey = (String, RegistryCredentials);
 
 struct Inner {
     cache: Cache,
     options: StoreOptions,
     clients: Mutex<HashMap<ClientKey, Arc<oci_client::Client>>>,
-    inflight: Mutex<HashMap<String, PullFuture>>,
+    inflight: Mutex<HashMap<FlightKey, PullFuture>>,
     counters: Counters,
 }
 

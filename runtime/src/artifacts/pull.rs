@@ -106,14 +106,16 @@ impl ArtifactStore {
         name: String,
         credentials: RegistryCredentials,
     ) -> Result<Artifact, ArtifactError> {
+        let key = (name.clone(), credentials.clone());
         let shared = {
             let mut inflight = lock(&self.inner.inflight);
-            if let Some(existing) = inflight.get(&name) {
+            if let Some(existing) = inflight.get(&key) {
                 tracing::debug!("joining a pull in progress");
                 existing.clone()
             } else {
                 let store = self.clone();
                 let task_name = name.clone();
+                let task_key = key.clone();
                 let span = tracing::Span::current();
                 // Its own task: a pod that gives up waiting must not abort the pull for
                 // the others. The task removes its entry when done; it cannot do so
@@ -121,7 +123,7 @@ impl ArtifactStore {
                 let task = tokio::spawn(
                     async move {
                         let result = store.fetch(&parsed, &task_name, &credentials).await;
-                        lock(&store.inner.inflight).remove(&task_name);
+                        lock(&store.inner.inflight).remove(&task_key);
                         result
                     }
                     .instrument(span),
@@ -137,7 +139,7 @@ impl ArtifactStore {
                 }
                 .boxed()
                 .shared();
-                inflight.insert(name.clone(), fut.clone());
+                inflight.insert(key, fut.clone());
                 fut
             }
         };
@@ -439,7 +441,7 @@ impl ArtifactStore {
         let downloaded = async {
             let mut stream = remote.blob_stream(desc).await?;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| map_stream_error(name, e))?;
+                let chunk = chunk.map_err(|e| map_stream_error(name, desc, e))?;
                 if writer.written() + chunk.len() as u64 > desc.size {
                     return Err(ArtifactError::invalid(
                         name,

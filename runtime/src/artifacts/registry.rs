@@ -194,14 +194,28 @@ pub(crate) fn map_error(reference: &str, err: OciDistributionError) -> ArtifactE
 
 /// Classifies an I/O error raised while streaming a blob (oci-client reports its own
 /// digest check through this channel).
-pub(crate) fn map_stream_error(reference: &str, err: std::io::Error) -> ArtifactError {
+pub(crate) fn map_stream_error(
+    reference: &str,
+    desc: &Descriptor,
+    err: std::io::Error,
+) -> ArtifactError {
     if let Some(inner) = err.get_ref()
         && inner.is::<oci_client::errors::DigestError>()
     {
-        return ArtifactError::invalid(reference, format!("digest mismatch: {inner}"));
+        return ArtifactError::invalid(
+            reference,
+            format!(
+                "digest mismatch for blob {} ({}): {inner}",
+                desc.digest, desc.media_type
+            ),
+        );
     }
     ArtifactError::Registry {
         reference: reference.to_string(),
-        reason: format!("download interrupted: {}", chain(&err)),
+        reason: format!(
+            "download of blob {} interrupted: {}",
+            desc.digest,
+            chain(&err)
+        ),
     }
 }

@@ -307,3 +307,39 @@ pub async fn manifest_size(client: &Client, reference: &str, digest: &str) -> us
         .expect("manifest");
     bytes.len()
 }
+
+/// A TCP proxy on loopback that waits before connecting each client to `upstream`, so
+/// that requests made at the same time are certainly in flight together.
+pub struct SlowProxy {
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    pub async fn start(upstream: &str, delay: Duration) -> SlowProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let upstream = upstream.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        SlowProxy { addr, task }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
