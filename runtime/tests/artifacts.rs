@@ -899,6 +899,36 @@ async fn import_wasm_for_never_policy_and_images_lists_it() {
     );
     assert!(images[0].size_bytes >= bytes.len() as u64);
 
+    // Garbage collection: a second import, then the first name is removed.
+    let other = write_file(dir.path(), "other.wasm", &module(81));
+    store
+        .import(&other, "edge.local/other:v1")
+        .await
+        .expect("import other");
+    assert!(store.remove("edge.local/other:v1").await.expect("remove"));
+    assert!(
+        !store
+            .remove("edge.local/other:v1")
+            .await
+            .expect("remove twice")
+    );
+    let kept = store
+        .prune(std::time::Duration::from_secs(3600))
+        .await
+        .expect("prune young");
+    assert_eq!((kept.artifacts, kept.blobs), (1, 0), "young blobs are kept");
+    let pruned = store.prune(std::time::Duration::ZERO).await.expect("prune");
+    assert_eq!(
+        pruned.blobs, 3,
+        "manifest, config and layer of the removed import"
+    );
+    assert_eq!(store.images().await.len(), 1);
+    let still = store
+        .pull("edge.local/app:v1", PullPolicy::Never, &ANON)
+        .await
+        .expect("the named import survives pruning");
+    assert_eq!(wasm_bytes(&still), bytes);
+
     // The index survives a restart of the agent.
     drop(store);
     let reopened = ArtifactStore::open(dir.path()).await.expect("reopen");

@@ -437,6 +437,81 @@ impl Cache {
         self.persist(&index).await
     }
 
+    /// Drops a name. Returns whether it existed.
+    pub async fn forget(&self, name: &str) -> Result<bool, ArtifactError> {
+        let mut index = self.index.lock().await;
+        if index.refs.remove(name).is_none() {
+            return Ok(false);
+        }
+        self.persist(&index).await?;
+        Ok(true)
+    }
+
+    /// Deletes artifacts no name points at, then blob files no remaining artifact uses
+    /// and that are older than `grace`. Returns (artifacts, blobs, bytes) removed.
+    pub async fn prune(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<(usize, usize, u64), ArtifactError> {
+        let mut index = self.index.lock().await;
+        let named: std::collections::HashSet<String> =
+            index.refs.values().map(|r| r.digest.clone()).collect();
+        let before = index.artifacts.len();
+        index.artifacts.retain(|digest, _| named.contains(digest));
+        let artifacts_removed = before - index.artifacts.len();
+        let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (digest, record) in &index.artifacts {
+            live.insert(digest.clone());
+            live.insert(record.manifest_digest.clone());
+            live.insert(record.config.digest.clone());
+            live.extend(record.layers.iter().map(|l| l.digest.clone()));
+            if let Some(w) = &record.wasm {
+                live.insert(w.digest.clone());
+            }
+        }
+        if artifacts_removed > 0 {
+            self.persist(&index).await?;
+        }
+        let dir = self.root.join("blobs").join("sha256");
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(|e| ArtifactError::store(&dir, e))?;
+        let now = std::time::SystemTime::now();
+        let (mut blobs, mut bytes) = (0usize, 0u64);
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| ArtifactError::store(&dir, e))?
+        {
+            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+            if live.contains(&digest) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            // A pull or import in progress has blobs it has not recorded yet.
+            let young = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_none_or(|age| age < grace);
+            if young {
+                continue;
+            }
+            lock(&self.verified).remove(&digest);
+            match tokio::fs::remove_file(entry.path()).await {
+                Ok(()) => {
+                    blobs += 1;
+                    bytes += meta.len();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArtifactError::store(entry.path(), e)),
+            }
+        }
+        Ok((artifacts_removed, blobs, bytes))
+    }
+
     /// Every artifact with the names that point at it, for `status.images`.
     pub async fn list(&self) -> Vec<(String, Vec<String>, ArtifactRecord)> {
         let index = self.index.lock().await;

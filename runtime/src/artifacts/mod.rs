@@ -194,6 +194,17 @@ pub struct CachedImage {
     pub size_bytes: u64,
 }
 
+/// What [`ArtifactStore::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Artifacts no reference named.
+    pub artifacts: usize,
+    /// Blob files deleted.
+    pub blobs: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
 /// Counters of network work, for metrics and for tests that check single-flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -310,6 +321,30 @@ impl ArtifactStore {
         }
         out.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then(a.names.cmp(&b.names)));
         out
+    }
+
+    /// Forgets `reference` (as given to [`ArtifactStore::pull`] or
+    /// [`ArtifactStore::import`]); its blobs stay until [`ArtifactStore::prune`]. Returns
+    /// whether the name was known. Running pods keep their open files.
+    pub async fn remove(&self, reference: &str) -> Result<bool, ArtifactError> {
+        let name = parse_reference(reference)?.whole();
+        self.inner.cache.forget(&name).await
+    }
+
+    /// Garbage collection: deletes artifacts that no reference names any more (after
+    /// [`ArtifactStore::remove`], or a tag that now points elsewhere) and the blobs only
+    /// they used. Blob files younger than `grace` are kept, because a pull or import in
+    /// progress writes its blobs before it records them; a minute is plenty. The agent
+    /// decides which references are unused (like the kubelet's image GC) and removes
+    /// them first.
+    pub async fn prune(&self, grace: std::time::Duration) -> Result<PruneReport, ArtifactError> {
+        let (artifacts, blobs, bytes) = self.inner.cache.prune(grace).await?;
+        tracing::info!(artifacts, blobs, bytes, "pruned artifact cache");
+        Ok(PruneReport {
+            artifacts,
+            blobs,
+            bytes,
+        })
     }
 
     /// Turns an index record into an [`Artifact`] after verifying the blobs it needs.

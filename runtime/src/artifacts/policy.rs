@@ -25,16 +25,19 @@ impl PullPolicy {
     /// otherwise. A reference that does not parse gets `IfNotPresent`; the pull itself
     /// reports it as `InvalidImageName`.
     pub fn default_for(reference: &str) -> PullPolicy {
-        // Decide on the text, not on a parsed `Reference`, which fills in `latest`.
+        // Decide on the text, not on a parsed `Reference`, which fills in `latest`. As in
+        // the apiserver's defaulting, a digest without a tag means IfNotPresent, and an
+        // explicit `:latest` means Always even next to a digest.
         let reference = reference.trim();
-        if reference.contains('@') {
-            return PullPolicy::IfNotPresent;
-        }
-        let last = reference.rsplit('/').next().unwrap_or(reference);
-        match last.split_once(':') {
-            None => PullPolicy::Always,
-            Some((_, "latest")) => PullPolicy::Always,
-            Some(_) => PullPolicy::IfNotPresent,
+        let (name, digest) = match reference.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (reference, None),
+        };
+        let last = name.rsplit('/').next().unwrap_or(name);
+        match (last.split_once(':'), digest) {
+            (Some((_, "latest")), _) => PullPolicy::Always,
+            (None, None) => PullPolicy::Always,
+            _ => PullPolicy::IfNotPresent,
         }
     }
 }
@@ -122,6 +125,10 @@ mod tests {
             (
                 "ghcr.io/a/b@sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 PullPolicy::IfNotPresent,
+            ),
+            (
+                "ghcr.io/a/b:latest@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                PullPolicy::Always,
             ),
         ];
         for (reference, want) in table {
