@@ -146,6 +146,15 @@ async fn push_then_pull_cncf_round_trip() {
         .expect("pull component");
     assert_eq!(artifact.kind(), ArtifactKind::WasmComponent);
 
+    // `localhost` is loopback too: plain HTTP without being listed as insecure.
+    let port = reg.addr.rsplit(':').next().expect("port");
+    let via_localhost = format!("localhost:{port}/hello:1");
+    let artifact = store
+        .pull(&via_localhost, PullPolicy::IfNotPresent, &ANON)
+        .await
+        .expect("pull via localhost");
+    assert_eq!(wasm_bytes(&artifact), bytes);
+
     // Pushing the same bytes again uploads no layer.
     let again = push(
         &file,

@@ -39,7 +39,9 @@
 //! - plain HTTP for loopback registries and those in [`StoreOptions::insecure_registries`].
 //!
 //! Every blob is checked against its digest before it is stored and before a cached copy
-//! is used (see `cache.rs` for how a cache hit stays cheap). Concurrent pulls of one
+//! is used: a process re-hashes a cached blob the first time it uses it, and after that
+//! trusts it while its size, mtime, ctime and inode are unchanged, so a cache hit costs a
+//! `stat` and any write to a cached file is still caught (details in `cache.rs`). Concurrent pulls of one
 //! reference share one download; different references sharing blobs download each blob
 //! once. [`push`] publishes a `.wasm` as a CNCF Wasm artifact; [`ArtifactStore::import`]
 //! loads a `.wasm` or an `oci-archive` tarball for air-gapped nodes.
