@@ -35,6 +35,19 @@ enum Command {
         /// Name of this machine's node.
         #[arg(long)]
         node_name: Option<String>,
+        /// Do not run the scheduler in this process (run `skiff scheduler` elsewhere).
+        #[arg(long)]
+        no_scheduler: bool,
+    },
+    /// Run the scheduler alone, against any Kubernetes-compatible apiserver.
+    Scheduler {
+        /// Kubeconfig of the apiserver to schedule for.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Share of nodes searched for feasible ones, 1-100 (default: adaptive, as
+        /// Kubernetes).
+        #[arg(long)]
+        percentage_of_nodes_to_score: Option<u32>,
     },
     /// Print the version.
     Version,
@@ -79,6 +92,46 @@ async fn shutdown_signal() {
     }
 }
 
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A future that resolves once `rx` turns true.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn spawn_scheduler(
+    client: kube::Client,
+    config: skiff_scheduler::run::Config,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        tracing::info!("scheduler started");
+        if let Err(e) = skiff_scheduler::run::run(client, config, stopped(stop)).await {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    });
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -92,14 +145,9 @@ fn main() -> anyhow::Result<()> {
             port,
             no_agent,
             node_name,
+            no_scheduler,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs();
             if !no_agent {
                 tracing::warn!(
                     "the node agent is not built yet: running the control plane only (as with --no-agent)"
@@ -107,17 +155,33 @@ fn main() -> anyhow::Result<()> {
             }
             let _ = node_name;
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            rt.block_on(async move {
+            runtime()?.block_on(async move {
                 let cfg = skiff_api::server::ServerConfig {
                     data_dir: data_dir.clone(),
                     bind,
                     port,
                 };
-                skiff_api::server::run(cfg, shutdown_signal(), |r| {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let stop = async move {
+                    shutdown_signal().await;
+                    let _ = stop_tx.send(true);
+                };
+                skiff_api::server::run(cfg, stop, |r| {
+                    if !no_scheduler {
+                        match skiff_api::client::in_process(
+                            r.router.clone(),
+                            &r.credentials.admin_token,
+                        ) {
+                            Ok(client) => {
+                                let config = skiff_scheduler::run::Config {
+                                    host: hostname(),
+                                    ..Default::default()
+                                };
+                                spawn_scheduler(client, config, stop_rx.clone());
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot start the scheduler"),
+                        }
+                    }
                     tracing::info!(
                         address = %r.addr,
                         kubeconfig = %r.credentials.kubeconfig.display(),
@@ -127,6 +191,24 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .with_context(|| format!("skiff server (data dir {})", data_dir.display()))
+            })
+        }
+        Command::Scheduler {
+            kubeconfig,
+            percentage_of_nodes_to_score,
+        } => {
+            init_logs();
+            runtime()?.block_on(async move {
+                let client = skiff_api::client::from_kubeconfig(&kubeconfig).await?;
+                let config = skiff_scheduler::run::Config {
+                    host: hostname(),
+                    percentage_of_nodes_to_score,
+                    ..Default::default()
+                };
+                tracing::info!(kubeconfig = %kubeconfig.display(), "scheduler started");
+                skiff_scheduler::run::run(client, config, shutdown_signal())
+                    .await
+                    .context("scheduler")
             })
         }
     }

@@ -5,20 +5,11 @@
 
 mod common;
 
-use common::{Server, example};
+use common::{Server, example, kube_client};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::process::Command;
-
-async fn kube_client(s: &Server) -> kube::Client {
-    let kc = Kubeconfig::read_from(s.kubeconfig()).expect("read kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(cfg).expect("client")
-}
 
 #[tokio::test]
 async fn rust_kube_client_lists_creates_patches_and_watches() {

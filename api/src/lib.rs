@@ -15,10 +15,12 @@
 
 pub mod apiserver;
 pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod patch;
 pub mod pki;

@@ -101,6 +101,8 @@ pub struct Running {
     pub credentials: Credentials,
     /// The API state.
     pub api: Arc<Api>,
+    /// The API itself, for in-process clients ([`crate::client::in_process`]).
+    pub router: axum::Router,
 }
 
 /// Run the server until `stop` resolves. `ready` is called once it accepts requests.
@@ -155,6 +157,7 @@ pub async fn run(
         addr,
         credentials: creds.clone(),
         api: api.clone(),
+        router: router.clone(),
     });
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

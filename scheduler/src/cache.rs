@@ -68,17 +68,31 @@ impl Cluster {
         }
     }
 
-    /// Add or refresh a node from its object.
-    pub fn upsert_node(&mut self, node: &Node) {
+    /// Add or refresh a node from its object. Returns whether anything placement
+    /// looks at changed (a heartbeat that only renews timestamps returns false).
+    pub fn upsert_node(&mut self, node: &Node) -> bool {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         if let Some(&i) = self.index.get(name) {
+            let before = self.nodes[i].clone();
             self.count_images(i, -1);
             self.nodes[i].update_from(node, &mut self.interner);
             self.count_images(i, 1);
-            return;
+            let n = &self.nodes[i];
+            return n.labels != before.labels
+                || n.taints != before.taints
+                || n.ready != before.ready
+                || n.unschedulable != before.unschedulable
+                || n.allocatable != before.allocatable
+                || n.images != before.images;
         }
         let info = NodeInfo::from_node(node, &mut self.interner);
         self.insert_node(info);
+        true
+    }
+
+    /// UIDs of every placed pod.
+    pub fn pod_uids(&self) -> impl Iterator<Item = &String> {
+        self.pods.keys()
     }
 
     /// Add a node built by hand (tests and benchmarks).

@@ -25,3 +25,4 @@ pub mod model;
 pub mod placement;
 pub mod plugins;
 pub mod queue;
+pub mod run;

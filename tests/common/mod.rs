@@ -15,6 +15,7 @@ pub struct Server {
     cache: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 fn port_of(kubeconfig: &str) -> Option<u16> {
@@ -24,11 +25,12 @@ fn port_of(kubeconfig: &str) -> Option<u16> {
     line.rsplit(':').next()?.trim().parse().ok()
 }
 
-fn spawn_child(dir: &Path, port: u16) -> Child {
+fn spawn_child(dir: &Path, port: u16, extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["server", "--no-agent", "--data-dir"])
         .arg(dir)
         .args(["--port", &port.to_string()])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -38,22 +40,31 @@ fn spawn_child(dir: &Path, port: u16) -> Child {
 
 impl Server {
     /// Start a server on a fresh data directory and a free port.
+    /// The API alone (`--no-scheduler`): tests of the API itself see only their own
+    /// writes.
     pub fn start() -> Server {
+        Server::start_with(&["--no-scheduler"])
+    }
+
+    /// Same, with more `skiff server` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut s = Server::spawn(dir, 0);
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut s = Server::spawn(dir, 0, extra);
         s._tmp = Some(tmp);
         s
     }
 
-    fn spawn(dir: PathBuf, port: u16) -> Server {
-        let child = spawn_child(&dir, port);
+    fn spawn(dir: PathBuf, port: u16, extra: Vec<String>) -> Server {
+        let child = spawn_child(&dir, port, &extra);
         let mut s = Server {
             dir,
             _tmp: None,
             cache: tempfile::tempdir().expect("tempdir"),
             port,
             child: Some(child),
+            extra,
         };
         s.wait_ready();
         s
@@ -189,7 +200,7 @@ impl Server {
     /// Start again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
-        self.child = Some(spawn_child(&self.dir, self.port));
+        self.child = Some(spawn_child(&self.dir, self.port, &self.extra));
         self.wait_ready();
     }
 }
@@ -258,6 +269,15 @@ impl Drop for Lines {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `kube` client from the server's kubeconfig.
+pub async fn kube_client(s: &Server) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(s.kubeconfig()).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(cfg).expect("client")
 }
 
 pub fn example(path: &str) -> PathBuf {

@@ -618,7 +618,10 @@ async fn bind(
     {
         return Err(ApiError::bad_request("a binding's target must be a Node"));
     }
-    api.update(res, ns, name, None, WriteOptions::INTERNAL, |cur| {
+    // One write sets the node and the PodScheduled condition together: a scheduler
+    // binding thousands of pods a second pays one commit per pod, and a watcher never
+    // sees a bound pod without its condition.
+    api.update(res, ns, name, Some("binding"), WriteOptions::INTERNAL, |cur| {
         if let Some(existing) = cur["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError {
                 code: 409,
@@ -630,35 +633,24 @@ async fn bind(
         if !cur["metadata"]["deletionTimestamp"].is_null() {
             return Err(ApiError::conflict(res, name));
         }
+        if let Some(uid) = b["metadata"]["uid"].as_str().filter(|u| !u.is_empty())
+            && cur["metadata"]["uid"].as_str() != Some(uid)
+        {
+            return Err(ApiError::conflict(res, name));
+        }
         let mut c = cur.clone();
         c["spec"]["nodeName"] = json!(node);
+        let mut conds: Vec<Value> = c["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|x| x["type"] != "PodScheduled")
+            .collect();
+        conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
+        c["status"]["conditions"] = json!(conds);
         Ok(c)
     })
-    .await?;
-    // The condition is status; write it through the status path.
-    api.update(
-        res,
-        ns,
-        name,
-        Some("status"),
-        WriteOptions::INTERNAL,
-        |cur| {
-            let mut c = cur.clone();
-            let conds = c["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let mut conds: Vec<Value> = conds
-                .into_iter()
-                .filter(|x| x["type"] != "PodScheduled")
-                .collect();
-            conds.push(
-                json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}),
-            );
-            c["status"]["conditions"] = json!(conds);
-            Ok(c)
-        },
-    )
     .await?;
     Ok(value_response(
         StatusCode::CREATED,

@@ -511,6 +511,8 @@ impl Api {
                 }
                 new = merged;
             }
+            // The binding subresource writes the node and the PodScheduled condition.
+            Some("binding") => {}
             _ if res.has_status() => new["status"] = old["status"].clone(),
             _ => {}
         }
@@ -543,7 +545,18 @@ impl Api {
         {
             m.remove("data");
         }
-        let causes = validation::validate_update(res, old, &new);
+        let causes = if sub == Some("binding") {
+            // The binding subresource is the one way to set `spec.nodeName`; the rest of
+            // the spec stays as it was (the closure only sets the node).
+            let mut unbound = new.clone();
+            unbound["spec"]["nodeName"] = old["spec"]["nodeName"].clone();
+            if let Some(s) = unbound["spec"].as_object_mut() {
+                s.retain(|_, v| !v.is_null());
+            }
+            validation::validate_update(res, old, &unbound)
+        } else {
+            validation::validate_update(res, old, &new)
+        };
         if !causes.is_empty() {
             return Err(ApiError::invalid(res, name, &causes));
         }
