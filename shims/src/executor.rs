@@ -234,7 +234,8 @@ pub trait Executor: Send + Sync {
     /// Starts a container; returns once it runs (compiled, linked, listening), or with a
     /// start error whose [`Error::kind`] says whether the artifact or the node is at fault.
     /// A previous, exited container of the same id is replaced.
-    fn run(&self, spec: ContainerSpec) -> impl Future<Output = Result<ContainerInfo, Error>> + Send;
+    fn run(&self, spec: ContainerSpec)
+    -> impl Future<Output = Result<ContainerInfo, Error>> + Send;
 
     /// Stops a container: services drain for up to `grace`, commands stop at once. Returns
     /// once it has exited. Stopping an exited container does nothing.

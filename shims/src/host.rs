@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::executor::{ContainerInfo, ContainerSpec, ErrorKind, ExitEvent, ExitStatus, Executor};
+use crate::executor::{ContainerInfo, ContainerSpec, ErrorKind, Executor, ExitEvent, ExitStatus};
 use crate::wasm::{WasmConfig, WasmExecutor};
 
 /// Longest protocol line accepted (a spec with a long env is still far below).
@@ -74,9 +74,7 @@ impl Error {
     /// How the agent should report this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } | Error::AlreadyRunning(_) | Error::Protocol(_) => {
-                ErrorKind::Internal
-            }
+            Error::Io { .. } | Error::AlreadyRunning(_) | Error::Protocol(_) => ErrorKind::Internal,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Remote { kind, .. } => *kind,
             Error::Wasm(e) => e.kind(),
@@ -448,7 +446,10 @@ async fn read_replies<R: AsyncRead + Unpin>(
         }
     }
     // Dropping the senders fails every call still waiting, and refuses new ones.
-    pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+    pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
 }
 
 impl Executor for Client {

@@ -29,8 +29,8 @@ pub mod logs;
 pub mod wasm;
 
 pub use executor::{
-    Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, ExitEvent, ExitReason,
-    ExitStatus, Executor, HttpSpec, Limits, Listener, LogSpec, Mount, WorkloadKind,
+    Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent,
+    ExitReason, ExitStatus, HttpSpec, Limits, Listener, LogSpec, Mount, WorkloadKind,
 };
 
 /// Any failure of this crate.

@@ -1,5 +1,6 @@
 //! CPU limits, measured as this process's CPU time (its own test binary, so no other test
 //! runs beside it).
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod common;
 
@@ -47,7 +48,10 @@ async fn cpu_limit_throttles_a_busy_loop() {
 
     eprintln!("cpu share: capped at 200m {capped_share:.2}, uncapped {free_share:.2}");
     assert!(capped_share < 0.35, "capped share {capped_share:.2}");
-    assert!(capped_share > 0.05, "capped guest made no progress: {capped_share:.2}");
+    assert!(
+        capped_share > 0.05,
+        "capped guest made no progress: {capped_share:.2}"
+    );
     assert!(
         free_share > capped_share * 1.8,
         "uncapped {free_share:.2} vs capped {capped_share:.2}"

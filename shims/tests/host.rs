@@ -1,4 +1,5 @@
 //! The Wasm host over a real unix socket: run, list after a reconnect, exit events.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use skiff_shims::host::{self, Client};
-use skiff_shims::{ContainerState, ErrorKind, ExitReason, Executor};
+use skiff_shims::{ContainerState, ErrorKind, Executor, ExitReason};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_and_readopts_running_containers() {

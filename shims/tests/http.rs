@@ -1,5 +1,6 @@
 //! `wasi:http/proxy` services over real TCP on 127.0.0.1 (and inside a network namespace
 //! when root).
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod common;
 
@@ -7,9 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use skiff_shims::{
-    ContainerSpec, ExitReason, Executor, HttpSpec, Limits, Listener, WorkloadKind,
-};
+use skiff_shims::{ContainerSpec, Executor, ExitReason, HttpSpec, Limits, Listener, WorkloadKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,7 +70,10 @@ async fn get_on(stream: &mut TcpStream, path: &str, close: bool) -> (u16, String
 }
 
 fn dechunk(full: &str, body: &str) -> String {
-    if !full.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !full
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body.to_string();
     }
     let mut out = String::new();
@@ -120,7 +122,14 @@ async fn proxy_serves_traps_500_times_out_504_and_keeps_serving() {
         "{:?}",
         node.log("web")
     );
-    assert!(node.executor.get("web").unwrap().state.exit_status().is_none());
+    assert!(
+        node.executor
+            .get("web")
+            .unwrap()
+            .state
+            .exit_status()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +173,9 @@ async fn stop_frees_the_port_at_once_and_drains() {
         tokio::spawn(async move { executor.stop("web", Duration::from_millis(300)).await });
     // The listener goes away before the drain ends: the port can be bound again.
     assert!(
-        eventually(Duration::from_secs(5), || std::net::TcpListener::bind(addr).is_ok()).await
+        eventually(Duration::from_secs(5), || std::net::TcpListener::bind(addr)
+            .is_ok())
+        .await
     );
     stopping.await.unwrap().unwrap();
     let status = node.executor.wait("web").await.unwrap();
@@ -237,14 +248,23 @@ async fn listener_lives_in_the_named_network_namespace() {
     assert!(TcpStream::connect("127.0.0.1:18089").await.is_err());
     // ...but from inside the namespace.
     let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &name, "curl", "-s", "http://127.0.0.1:18089/"])
+        .args([
+            "netns",
+            "exec",
+            &name,
+            "curl",
+            "-s",
+            "http://127.0.0.1:18089/",
+        ])
         .output()
         .await;
     match out {
         Ok(out) if out.status.success() => {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
         }
-        other => eprintln!("curl inside the namespace unavailable ({other:?}); checked isolation only"),
+        other => {
+            eprintln!("curl inside the namespace unavailable ({other:?}); checked isolation only")
+        }
     }
     node.executor.stop("pod", Duration::ZERO).await.unwrap();
 }

@@ -1,11 +1,12 @@
 //! The Wasm executor against real wasmtime: guests in inline WAT, files in temp dirs.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use skiff_shims::{ContainerState, ErrorKind, ExitReason, Executor, Limits, Mount, WorkloadKind};
+use skiff_shims::{ContainerState, ErrorKind, Executor, ExitReason, Limits, Mount, WorkloadKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_module_writes_cri_log_lines() {
@@ -105,7 +106,10 @@ async fn memory_bomb_past_limit_is_oom_killed() {
     let status = node.executor.wait("bomb").await.unwrap();
     assert_eq!(status.reason, ExitReason::OomKilled, "{status:?}");
     assert_eq!(status.code, 137);
-    assert!(status.message.contains("memory limit of 8388608 bytes"), "{status:?}");
+    assert!(
+        status.message.contains("memory limit of 8388608 bytes"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +131,10 @@ async fn infinite_loop_runs_until_stopped() {
         .stop("spin", Duration::from_secs(30))
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "commands stop at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "commands stop at once"
+    );
     let status = node.executor.wait("spin").await.unwrap();
     assert_eq!(status.reason, ExitReason::Stopped);
     assert_eq!(status.code, 137);
@@ -161,7 +168,11 @@ async fn not_wasm_is_invalid_artifact() {
 
     let broken = node.artifact("broken", b"\0asm\x01\0\0\0\x99garbage");
     assert!(node.executor.handles(&broken.path));
-    let err = node.executor.run(node.spec("broken", broken)).await.unwrap_err();
+    let err = node
+        .executor
+        .run(node.spec("broken", broken))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArtifact, "{err}");
 }
 

@@ -190,8 +190,9 @@ const TRAILER: usize = 8 + 4 + 8;
 
 impl CompileCache {
     pub(crate) fn new(dir: PathBuf, engine: &Engine) -> Result<CompileCache, Error> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Engine(format!("cannot create cache dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Engine(format!("cannot create cache dir {}: {e}", dir.display()))
+        })?;
         // DefaultHasher::new() has fixed keys: the same engine settings give the same key
         // in every process of this build, which is all the cache needs.
         let mut hasher = std::hash::DefaultHasher::new();
@@ -234,9 +235,7 @@ impl CompileCache {
         digest: &str,
     ) -> Result<Compiled, Error> {
         let kind = sniff_file(path)
-            .map_err(|e| {
-                Error::CannotRun(format!("cannot read artifact {}: {e}", path.display()))
-            })?
+            .map_err(|e| Error::CannotRun(format!("cannot read artifact {}: {e}", path.display())))?
             .ok_or_else(|| {
                 Error::InvalidArtifact("not a WebAssembly module or component".to_string())
             })?;
@@ -276,7 +275,11 @@ impl CompileCache {
             }
         };
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled");
+        tracing::info!(
+            digest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled"
+        );
         match serialized {
             Ok(code) => {
                 if let Err(error) = self.store(&entry, &code) {

@@ -141,10 +141,7 @@ const TABLE_ELEMENT_BYTES: usize = 8;
 
 impl MemoryLimiter {
     fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
-        let wanted = self
-            .used
-            .saturating_sub(current)
-            .saturating_add(desired);
+        let wanted = self.used.saturating_sub(current).saturating_add(desired);
         if let Some(limit) = self.limit
             && wanted > limit
         {

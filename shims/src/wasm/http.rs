@@ -138,7 +138,11 @@ impl Service {
     }
 
     fn failed(&self, what: &str) {
-        tracing::warn!(container = self.spec.id.as_str(), error = what, "request failed");
+        tracing::warn!(
+            container = self.spec.id.as_str(),
+            error = what,
+            "request failed"
+        );
         self.log
             .line(Stream::Stderr, &format!("skiff: request failed: {what}"));
     }
@@ -253,7 +257,11 @@ pub(crate) async fn serve(
         }
     } else {
         connections.shutdown().await;
-        tracing::info!(container = id.as_str(), ?grace, "http service killed after grace");
+        tracing::info!(
+            container = id.as_str(),
+            ?grace,
+            "http service killed after grace"
+        );
         ExitStatus {
             code: EXIT_KILLED,
             reason: ExitReason::Stopped,

@@ -28,8 +28,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub use engine::{CacheStats, WasmBinary, sniff, sniff_file};
 
 use crate::executor::{
-    ContainerInfo, ContainerSpec, ContainerState, ErrorKind, ExitEvent, ExitReason, ExitStatus,
-    Executor, WorkloadKind,
+    ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent, ExitReason,
+    ExitStatus, WorkloadKind,
 };
 use crate::logs::{LogWriter, Stream};
 use engine::{CompileCache, Compiled, Ticker};
@@ -281,8 +281,10 @@ impl WasmExecutor {
                 ));
             }
             (_, Some(http)) if !http.listeners.is_empty() => {
-                tracing::warn!(container = spec.id.as_str(),
-                    "listeners given for a command; ignored (it may not serve HTTP)");
+                tracing::warn!(
+                    container = spec.id.as_str(),
+                    "listeners given for a command; ignored (it may not serve HTTP)"
+                );
                 (Vec::new(), Vec::new())
             }
             _ => (Vec::new(), Vec::new()),
@@ -367,7 +369,9 @@ impl WasmExecutor {
                     Some(WorkloadKind::HttpProxy) => {
                         Ok(Program::Proxy(ProxyPre::new(pre).map_err(wrong_export)?))
                     }
-                    Some(_) => Ok(Program::Command(CommandPre::new(pre).map_err(wrong_export)?)),
+                    Some(_) => Ok(Program::Command(
+                        CommandPre::new(pre).map_err(wrong_export)?,
+                    )),
                     None => Err(Error::InvalidArtifact(format!(
                         "component {} exports neither wasi:cli/run nor \
                          wasi:http/incoming-handler",
@@ -397,9 +401,10 @@ fn component_world(engine: &Engine, component: &Component) -> Option<WorkloadKin
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     let exports = |interface: &str| {
-        names
-            .iter()
-            .any(|n| n.strip_prefix(interface).is_some_and(|v| v.starts_with("@0.2")))
+        names.iter().any(|n| {
+            n.strip_prefix(interface)
+                .is_some_and(|v| v.starts_with("@0.2"))
+        })
     };
     if exports("wasi:http/incoming-handler") {
         Some(WorkloadKind::HttpProxy)
@@ -441,7 +446,10 @@ fn finish(
     if !matches!(status.reason, ExitReason::Completed) {
         log.line(
             Stream::Stderr,
-            &format!("skiff: exited: {} (code {}): {}", status.reason, status.code, status.message),
+            &format!(
+                "skiff: exited: {} (code {}): {}",
+                status.reason, status.code, status.message
+            ),
         );
     }
     tracing::info!(container = entry.id.as_str(), code = status.code,
@@ -551,7 +559,9 @@ impl Executor for WasmExecutor {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), crate::Error> {
-        let entry = self.entry(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let entry = self
+            .entry(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         entry.stop.send_if_modified(|s| {
             let first = s.is_none();
             if first {
@@ -565,7 +575,9 @@ impl Executor for WasmExecutor {
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, crate::Error> {
-        let entry = self.entry(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let entry = self
+            .entry(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let mut state = entry.state.subscribe();
         let status = state
             .wait_for(|s| s.exit_status().is_some())
@@ -577,7 +589,9 @@ impl Executor for WasmExecutor {
     }
 
     async fn remove(&self, id: &str) -> Result<(), crate::Error> {
-        let entry = self.entry(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let entry = self
+            .entry(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         if entry.state.borrow().exit_status().is_none() {
             Executor::stop(self, id, Duration::ZERO).await?;
         }

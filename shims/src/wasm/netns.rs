@@ -23,11 +23,13 @@ pub(crate) fn bind(addr: SocketAddr, netns: Option<&Path>) -> io::Result<TcpList
         .name("netns-bind".into())
         .spawn(move || {
             let ns = File::open(&netns).map_err(|e| {
-                io::Error::new(e.kind(), format!("network namespace {}: {e}", netns.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("network namespace {}: {e}", netns.display()),
+                )
             })?;
-            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                io::Error::other(format!("setns into {}: {e}", netns.display()))
-            })?;
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::other(format!("setns into {}: {e}", netns.display())))?;
             bind_here(addr)
         })?
         .join()

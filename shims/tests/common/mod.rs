@@ -1,5 +1,7 @@
 //! Shared test helpers: guests in inline WAT, executors in temp dirs.
 #![allow(dead_code)]
+// Test helpers panic on setup failures by design.
+#![allow(clippy::unwrap_used)]
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
