@@ -326,3 +326,30 @@ async fn exit_events_are_broadcast() {
     assert_eq!(event.id, "e");
     assert_eq!(event.status.code, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_command_component_runs() {
+    let node = node();
+    let info = node
+        .executor
+        .run(node.spec("cmd", node.wat("cmd", COMMAND_COMPONENT)))
+        .await
+        .unwrap();
+    assert_eq!(info.kind, WorkloadKind::Command);
+    let status = node.executor.wait("cmd").await.unwrap();
+    assert_eq!((status.code, status.reason), (0, ExitReason::Completed));
+    assert_eq!(node.log("cmd"), ["stdout F hello from a component"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_without_known_exports_is_invalid_artifact() {
+    let node = node();
+    let empty = node.wat("empty", "(component)");
+    let err = node
+        .executor
+        .run(node.spec("empty", empty))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArtifact, "{err}");
+    assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+}

@@ -5,8 +5,7 @@
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Component;
@@ -82,36 +81,24 @@ fn max_memory_bytes(mem_total: u64) -> usize {
     mem_total.min(4 << 30) as usize
 }
 
-/// Advances the engine's epoch every `tick` on a thread of its own until dropped.
-pub(crate) struct Ticker {
-    stop: Arc<AtomicBool>,
-}
-
-impl Ticker {
-    pub(crate) fn start(engine: &Engine, tick: Duration) -> Result<Ticker, Error> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
+/// Advances the engine's epoch every `tick` on a thread of its own, for as long as the
+/// engine lives (stores and pre-instantiated code hold it; a running guest must never
+/// lose its ticks, or it could neither yield nor be stopped).
+pub(crate) fn start_ticker(engine: &Engine, tick: Duration) -> Result<(), Error> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
                 }
-            })
-            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Ticker { stop })
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+            }
+        })
+        .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
+    Ok(())
 }
 
 /// Compiled code, either kind.

@@ -32,7 +32,7 @@ use crate::executor::{
     ExitStatus, WorkloadKind,
 };
 use crate::logs::{LogWriter, Stream};
-use engine::{CompileCache, Compiled, Ticker};
+use engine::{CompileCache, Compiled};
 use guest::{CpuBudget, DenyOutgoing, Guard, P1State, P2State};
 
 /// Errors of the Wasm executor.
@@ -125,7 +125,6 @@ struct Inner {
     cpu_period: Duration,
     containers: Mutex<Table>,
     events: broadcast::Sender<ExitEvent>,
-    _ticker: Ticker,
 }
 
 #[derive(Default)]
@@ -188,7 +187,7 @@ impl WasmExecutor {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2_linker)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let cache = CompileCache::new(config.cache_dir.clone(), &engine)?;
-        let ticker = Ticker::start(&engine, config.epoch_tick)?;
+        engine::start_ticker(&engine, config.epoch_tick)?;
         let (events, _) = broadcast::channel(1024);
         Ok(WasmExecutor {
             inner: Arc::new(Inner {
@@ -200,7 +199,6 @@ impl WasmExecutor {
                 cpu_period: config.cpu_period,
                 containers: Mutex::new(Table::default()),
                 events,
-                _ticker: ticker,
             }),
         })
     }
@@ -356,7 +354,13 @@ impl WasmExecutor {
                 Ok(Program::Module(pre))
             }
             Compiled::Component(component) => {
-                let world = component_world(&self.inner.engine, &component);
+                let Some(world) = component_world(&self.inner.engine, &component) else {
+                    return Err(Error::InvalidArtifact(format!(
+                        "component {} exports neither wasi:cli/run nor \
+                         wasi:http/incoming-handler",
+                        spec.artifact.digest
+                    )));
+                };
                 let pre = self
                     .inner
                     .p2_linker
@@ -365,19 +369,12 @@ impl WasmExecutor {
                 let wrong_export = |e: wasmtime::Error| {
                     Error::InvalidArtifact(format!("unexpected export type: {e:#}"))
                 };
-                match world {
-                    Some(WorkloadKind::HttpProxy) => {
-                        Ok(Program::Proxy(ProxyPre::new(pre).map_err(wrong_export)?))
+                Ok(match world {
+                    WorkloadKind::HttpProxy => {
+                        Program::Proxy(ProxyPre::new(pre).map_err(wrong_export)?)
                     }
-                    Some(_) => Ok(Program::Command(
-                        CommandPre::new(pre).map_err(wrong_export)?,
-                    )),
-                    None => Err(Error::InvalidArtifact(format!(
-                        "component {} exports neither wasi:cli/run nor \
-                         wasi:http/incoming-handler",
-                        spec.artifact.digest
-                    ))),
-                }
+                    _ => Program::Command(CommandPre::new(pre).map_err(wrong_export)?),
+                })
             }
         }
     }

@@ -254,5 +254,8 @@ pub const FS_PROBE: &str = r#"
       (then (call $exit (i32.const 104))))))
 "#;
 
-/// The `wasi:http/proxy` fixture (see tests/fixtures/build-proxy.sh).
+/// The `wasi:http/proxy` fixture (see tests/fixtures/build-fixtures.sh).
 pub const PROXY_COMPONENT: &str = include_str!("../fixtures/proxy.component.wat");
+
+/// The `wasi:cli/command` fixture: prints "hello from a component".
+pub const COMMAND_COMPONENT: &str = include_str!("../fixtures/command.component.wat");
