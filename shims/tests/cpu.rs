@@ -47,13 +47,13 @@ async fn cpu_limit_throttles_a_busy_loop() {
     node.executor.stop("free", Duration::ZERO).await.unwrap();
 
     eprintln!("cpu share: capped at 200m {capped_share:.2}, uncapped {free_share:.2}");
-    assert!(capped_share < 0.35, "capped share {capped_share:.2}");
+    assert!(capped_share < 0.32, "capped share {capped_share:.2}");
     assert!(
         capped_share > 0.05,
         "capped guest made no progress: {capped_share:.2}"
     );
     assert!(
-        free_share > capped_share * 1.8,
+        free_share > capped_share * 1.5,
         "uncapped {free_share:.2} vs capped {capped_share:.2}"
     );
 }

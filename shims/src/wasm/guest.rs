@@ -28,10 +28,7 @@ impl Guard {
                 used: 0,
                 exceeded: false,
             },
-            meter: CpuMeter {
-                budget: cpu,
-                mark: Instant::now(),
-            },
+            meter: CpuMeter::new(cpu),
         }
     }
 }
@@ -223,37 +220,74 @@ impl CpuBudget {
     }
 }
 
-/// Measures guest run time between epoch ticks of one store.
+/// Measures the CPU time a store's guest spends between epoch ticks.
+///
+/// Time is the executing thread's CPU clock, not the wall clock: a guest preempted by
+/// other processes on a busy node is not charged for time it did not run. The mark is
+/// taken when the guest resumes after a yield, on the thread that resumes it.
 pub(crate) struct CpuMeter {
     budget: Option<Arc<CpuBudget>>,
-    /// When the guest last started running (a tick or a resume).
-    mark: Instant,
+    mark: Arc<Mutex<Mark>>,
 }
 
-/// A guest is charged at most this much per tick: after a long host call (a sleep) the
-/// time since the last tick was not spent running.
+#[derive(Clone, Copy)]
+struct Mark {
+    thread: std::thread::ThreadId,
+    cpu: Duration,
+}
+
+impl Mark {
+    fn here() -> Mark {
+        let cpu = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .unwrap_or_default();
+        Mark {
+            thread: std::thread::current().id(),
+            cpu,
+        }
+    }
+}
+
+/// A guest is charged at most this much per tick, whatever the clocks say.
 const MAX_CHARGE: Duration = Duration::from_millis(20);
+/// Charged when the guest resumed on another thread without a mark (after a host call
+/// that suspended it): about one tick.
+const UNKNOWN_CHARGE: Duration = Duration::from_millis(5);
 
 impl CpuMeter {
+    fn new(budget: Option<Arc<CpuBudget>>) -> CpuMeter {
+        CpuMeter {
+            budget,
+            mark: Arc::new(Mutex::new(Mark::here())),
+        }
+    }
+
     fn on_tick(&mut self) -> UpdateDeadline {
-        let now = Instant::now();
-        let ran = now.saturating_duration_since(self.mark).min(MAX_CHARGE);
-        self.mark = now;
         let Some(budget) = &self.budget else {
             return UpdateDeadline::Yield(1);
         };
-        match budget.charge(now, ran) {
-            None => UpdateDeadline::Yield(1),
-            Some(resume) => {
-                self.mark = resume;
-                UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                        resume,
-                    ))),
-                )
+        let here = Mark::here();
+        let ran = {
+            let mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+            if mark.thread == here.thread {
+                here.cpu.saturating_sub(mark.cpu).min(MAX_CHARGE)
+            } else {
+                UNKNOWN_CHARGE
             }
-        }
+        };
+        let resume_at = budget.charge(Instant::now(), ran);
+        let mark = self.mark.clone();
+        UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                match resume_at {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => tokio::task::yield_now().await,
+                }
+                // Completes on the thread that is about to resume the guest.
+                *mark.lock().unwrap_or_else(PoisonError::into_inner) = Mark::here();
+            }),
+        )
     }
 }
 
