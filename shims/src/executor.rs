@@ -74,11 +74,13 @@ fn default_log_max_bytes() -> u64 {
 /// Resource limits of one container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// Bound on the bytes of all linear memories of one instance; growth past it is
-    /// `OOMKilled`.
+    /// Bound on the bytes of the linear memories and tables of one instance; growth past
+    /// it is `OOMKilled`. For an HTTP service it bounds each request's instance (a request
+    /// past it is answered 500; the service goes on).
     #[serde(default)]
     pub memory_bytes: Option<u64>,
-    /// CPU share in millicores (1000 = one core), enforced per 100 ms period.
+    /// CPU share in millicores (1000 = one core), enforced per 100 ms period on the guest's
+    /// thread CPU time; an HTTP service's concurrent requests share one budget.
     #[serde(default)]
     pub cpu_millis: Option<u32>,
 }

@@ -353,3 +353,38 @@ async fn component_without_known_exports_is_invalid_artifact() {
     assert_eq!(err.kind(), ErrorKind::InvalidArtifact, "{err}");
     assert!(err.to_string().contains("wasi:cli/run"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_sized_from_memory_runs_guests() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = skiff_shims::wasm::WasmExecutor::new(skiff_shims::wasm::WasmConfig::new(
+        dir.path().join("cache"),
+    ))
+    .unwrap();
+    eprintln!("pooling allocator reserved: {}", executor.pooling());
+    let node = Node {
+        dir,
+        executor: executor.clone(),
+    };
+    node.executor
+        .run(node.spec("hello", node.wat("hello", HELLO)))
+        .await
+        .unwrap();
+    assert_eq!(node.executor.wait("hello").await.unwrap().code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_that_cannot_be_reserved_falls_back_to_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = skiff_shims::wasm::WasmConfig::new(dir.path().join("cache"));
+    // Far more address space than any machine has.
+    config.pool = skiff_shims::wasm::PoolSize::Slots(1 << 30);
+    let executor = skiff_shims::wasm::WasmExecutor::new(config).unwrap();
+    assert!(!executor.pooling());
+    let node = Node { dir, executor };
+    node.executor
+        .run(node.spec("hello", node.wat("hello", HELLO)))
+        .await
+        .unwrap();
+    assert_eq!(node.executor.wait("hello").await.unwrap().code, 0);
+}
