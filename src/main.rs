@@ -1,7 +1,7 @@
 //! The `skiff` binary: command-line wiring only.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -38,6 +38,36 @@ enum Command {
         /// Do not run the scheduler in this process (run `skiff scheduler` elsewhere).
         #[arg(long)]
         no_scheduler: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Publish a `.wasm` file to an OCI registry as a CNCF Wasm artifact.
+    Push {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Where to push, e.g. `127.0.0.1:5000/hello:1`.
+        reference: String,
+        /// Speak plain HTTP to this registry (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user name (password from `SKIFF_REGISTRY_PASSWORD`).
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Manage a node's artifact cache.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Run the Wasm host of a node (started by the agent; it outlives the agent).
+    #[command(hide = true)]
+    WasmHost {
+        /// Unix socket to serve on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// State directory (compiled-code cache).
+        #[arg(long)]
+        state_dir: PathBuf,
     },
     /// Run the scheduler alone, against any Kubernetes-compatible apiserver.
     Scheduler {
@@ -53,18 +83,121 @@ enum Command {
     Version,
 }
 
-fn default_data_dir() -> PathBuf {
-    // Root or not, read from /proc (no libc call needed): the effective uid is the
-    // second field of the `Uid:` line.
-    let root = std::fs::read_to_string("/proc/self/status")
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Load a `.wasm` file or an OCI image-layout archive into the node's cache (for
+    /// air-gapped machines); pods then find it with imagePullPolicy IfNotPresent/Never.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// The image reference pods use for it, e.g. `registry.local/hello:1`.
+        #[arg(long = "name")]
+        reference: String,
+        /// The node's state directory (the agent's `agent/` inside the server's data dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// Settings of a node agent (embedded in `skiff server`, or `skiff agent`).
+#[derive(Args, Clone, Debug)]
+struct NodeArgs {
+    /// Port of the node's logs endpoint, which the apiserver reaches (0 picks one).
+    #[arg(long, default_value_t = 10250)]
+    node_port: u16,
+    /// Address the apiserver reaches this node at (default: the bind address, or
+    /// 127.0.0.1 when binding every address).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Registry (`host` or `host:port`) to speak plain HTTP to; loopback ones always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// CPU kept back for the system, in millicores.
+    #[arg(long, default_value_t = 100)]
+    reserved_cpu: u64,
+    /// Memory kept back for the system, in MiB.
+    #[arg(long, default_value_t = 256)]
+    reserved_memory_mib: u64,
+    /// Extra node label, `key=value` (repeatable).
+    #[arg(long = "node-label", value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn agent_config(
+    args: &NodeArgs,
+    node_name: String,
+    data_dir: PathBuf,
+    address: IpAddr,
+    token: String,
+) -> anyhow::Result<skiff_runtime::agent::AgentConfig> {
+    use skiff_runtime::sandbox::{LinuxSandboxes, NoSandboxes, Sandboxes};
+    let sandboxes: std::sync::Arc<dyn Sandboxes> = if is_root() {
+        std::sync::Arc::new(LinuxSandboxes::default())
+    } else {
+        tracing::warn!(
+            "not running as root: pods cannot get network namespaces and will not start"
+        );
+        std::sync::Arc::new(NoSandboxes)
+    };
+    Ok(skiff_runtime::agent::AgentConfig {
+        node_name,
+        data_dir,
+        address: address.to_string(),
+        bind: if address.is_loopback() {
+            address
+        } else {
+            IpAddr::from([0, 0, 0, 0])
+        },
+        port: args.node_port,
+        token,
+        runtimes: vec!["wasm".into()],
+        reserved_milli_cpu: args.reserved_cpu,
+        reserved_memory: args.reserved_memory_mib << 20,
+        insecure_registries: args.insecure_registries.clone(),
+        labels: args.node_labels.iter().cloned().collect(),
+        exe: std::env::current_exe().context("finding the skiff executable")?,
+        sandboxes,
+    })
+}
+
+fn spawn_agent(
+    client: kube::Client,
+    config: skiff_runtime::agent::AgentConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let node = config.node_name.clone();
+        match skiff_runtime::agent::start(client, config, stopped(stop)).await {
+            Ok((started, run)) => {
+                tracing::info!(%node, logs = %started.logs_addr, "node agent started");
+                run.await;
+            }
+            Err(e) => tracing::error!(%node, error = %e, "node agent failed to start"),
+        }
+    });
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
-        .unwrap_or(false);
-    if root {
+        .unwrap_or(false)
+}
+
+fn default_data_dir() -> PathBuf {
+    // Root or not, read from /proc (no libc call needed): the effective uid is the
+    // second field of the `Uid:` line.
+    if is_root() {
         return PathBuf::from("/var/lib/skiff");
     }
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
@@ -132,6 +265,57 @@ fn spawn_scheduler(
     });
 }
 
+async fn push(
+    file: PathBuf,
+    reference: String,
+    insecure: bool,
+    username: Option<String>,
+) -> anyhow::Result<()> {
+    use skiff_runtime::artifacts::{PushOptions, RegistryCredentials, push};
+    use std::io::{IsTerminal, Write};
+    let credentials = match username {
+        Some(u) => RegistryCredentials::basic(
+            u,
+            std::env::var("SKIFF_REGISTRY_PASSWORD").unwrap_or_default(),
+        ),
+        None => RegistryCredentials::Anonymous,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let out = push(
+        &file,
+        &reference,
+        &PushOptions {
+            insecure,
+            credentials,
+        },
+        move |p| {
+            if tty && p.total > 0 {
+                let done = (p.sent * 30 / p.total) as usize;
+                let mut e = std::io::stderr();
+                let _ = write!(
+                    e,
+                    "\r[{}{}] {:>5.1}% of {} bytes",
+                    "#".repeat(done),
+                    " ".repeat(30 - done.min(30)),
+                    p.sent as f64 * 100.0 / p.total as f64,
+                    p.total
+                );
+                let _ = e.flush();
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("pushing {} to {reference}", file.display()))?;
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "pushed {}@{} ({} bytes)",
+        out.reference, out.digest, out.size
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -146,14 +330,10 @@ fn main() -> anyhow::Result<()> {
             no_agent,
             node_name,
             no_scheduler,
+            node,
         } => {
             init_logs();
-            if !no_agent {
-                tracing::warn!(
-                    "the node agent is not built yet: running the control plane only (as with --no-agent)"
-                );
-            }
-            let _ = node_name;
+            let node_name = node_name.unwrap_or_else(hostname);
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
             runtime()?.block_on(async move {
                 let cfg = skiff_api::server::ServerConfig {
@@ -166,7 +346,32 @@ fn main() -> anyhow::Result<()> {
                     shutdown_signal().await;
                     let _ = stop_tx.send(true);
                 };
+                let agent_dir = data_dir.join("agent");
                 skiff_api::server::run(cfg, stop, |r| {
+                    if !no_agent {
+                        let address = node.node_ip.unwrap_or(if bind.is_unspecified() {
+                            IpAddr::from([127, 0, 0, 1])
+                        } else {
+                            bind
+                        });
+                        let token = r.credentials.admin_token.clone();
+                        let built = skiff_api::client::in_process(r.router.clone(), &token)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|client| {
+                                agent_config(
+                                    &node,
+                                    node_name.clone(),
+                                    agent_dir.clone(),
+                                    address,
+                                    token,
+                                )
+                                .map(|cfg| (client, cfg))
+                            });
+                        match built {
+                            Ok((client, cfg)) => spawn_agent(client, cfg, stop_rx.clone()),
+                            Err(e) => tracing::error!(error = %e, "cannot start the node agent"),
+                        }
+                    }
                     if !no_scheduler {
                         match skiff_api::client::in_process(
                             r.router.clone(),
@@ -191,6 +396,46 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .with_context(|| format!("skiff server (data dir {})", data_dir.display()))
+            })
+        }
+        Command::Push {
+            file,
+            reference,
+            insecure,
+            username,
+        } => runtime()?.block_on(push(file, reference, insecure, username)),
+        Command::Image {
+            command:
+                ImageCommand::Import {
+                    file,
+                    reference,
+                    data_dir,
+                },
+        } => runtime()?.block_on(async move {
+            let dir = data_dir
+                .unwrap_or_else(|| default_data_dir().join("agent"))
+                .join("artifacts");
+            let store = skiff_runtime::artifacts::ArtifactStore::open(&dir)
+                .await
+                .with_context(|| format!("opening the artifact cache {}", dir.display()))?;
+            let a = store
+                .import(&file, &reference)
+                .await
+                .with_context(|| format!("importing {}", file.display()))?;
+            println!(
+                "imported {} as {} ({} bytes)",
+                file.display(),
+                a.reference,
+                a.size
+            );
+            Ok(())
+        }),
+        Command::WasmHost { socket, state_dir } => {
+            init_logs();
+            runtime()?.block_on(async move {
+                skiff_runtime::wasmhost::serve(&socket, &state_dir)
+                    .await
+                    .context("wasm host")
             })
         }
         Command::Scheduler {

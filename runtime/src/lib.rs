@@ -1,12 +1,42 @@
 //! Skiff's node agent: registers a Node, runs the Pods bound to it, reports their status
 //! and serves their logs.
 //!
-//! Built so far: [`artifacts`], the node's artifact store — pull Wasm artifacts and
-//! container images from OCI registries (or import them from files), verify every blob
-//! against its digest, cache them by content on disk, and publish `.wasm` files with
-//! [`artifacts::push`]. Start at [`artifacts::ArtifactStore::pull`].
+//! Start at [`agent::start`]. The agent is an ordinary API client: it registers its
+//! [`node`], renews its Lease, and runs one [`pod::Worker`] per pod bound to it. A worker
+//! makes the pod's [`sandbox`] (network namespace and cgroup), pulls its images through
+//! the [`artifacts`] store, resolves environment and volumes, and runs the containers in
+//! the node's Wasm host ([`wasmhost`], a separate process from `skiff_shims`, so
+//! workloads outlive the agent). [`logserver`] is the endpoint `kubectl logs` reaches
+//! through the apiserver.
 //!
-//! Not built yet: the pod sync loop, sandboxes, probes and logs. `skiff server` runs the
-//! control plane only; `pods/log` answers 503 until an agent can serve logs.
+//! ```no_run
+//! # async fn demo(client: kube::Client) -> Result<(), skiff_runtime::agent::AgentError> {
+//! use skiff_runtime::{agent, sandbox::LinuxSandboxes};
+//! let cfg = agent::AgentConfig {
+//!     node_name: "edge-1".into(),
+//!     data_dir: "/var/lib/skiff/agent".into(),
+//!     address: "10.0.0.5".into(),
+//!     bind: [0, 0, 0, 0].into(),
+//!     port: 10250,
+//!     token: "the agent's API token".into(),
+//!     runtimes: vec!["wasm".into()],
+//!     reserved_milli_cpu: 100,
+//!     reserved_memory: 256 << 20,
+//!     insecure_registries: vec![],
+//!     labels: Default::default(),
+//!     exe: std::env::current_exe().unwrap_or_default(),
+//!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
+//! };
+//! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;
+//! println!("logs endpoint on {}", started.logs_addr);
+//! run.await;
+//! # Ok(()) }
+//! ```
 
+pub mod agent;
 pub mod artifacts;
+pub mod logserver;
+pub mod node;
+pub mod pod;
+pub mod sandbox;
+pub mod wasmhost;

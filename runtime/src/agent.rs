@@ -1,0 +1,488 @@
+//! The node agent: registers this machine as a Node, keeps its Lease and conditions
+//! fresh, runs a worker for every pod bound to it, and serves their logs.
+//!
+//! Workloads outlive the agent: Wasm containers run in the Wasm host process, which a
+//! restarted agent finds again and re-adopts from (running containers keep running,
+//! with their restart counts). Without the apiserver, running pods keep running and
+//! restarting per their policy; status catches up when it comes back.
+
+use crate::artifacts::{ArtifactStore, StoreOptions};
+use crate::logserver;
+use crate::node::{self, Machine, NodeSpec};
+use crate::pod::env::NodeFacts;
+use crate::pod::logs::LogRegistry;
+use crate::pod::{Ctx, Handle, Msg, Worker};
+use crate::sandbox::Sandboxes;
+use crate::wasmhost::{self, HostPaths};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ContainerImage, Node, Pod};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use skiff_api::events::Recorder;
+use skiff_shims::Executor;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the Lease is renewed.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// Lease duration the node claims.
+pub const LEASE_SECONDS: i32 = 40;
+/// Node status is rewritten at least this often even if nothing changed.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// How the agent runs.
+pub struct AgentConfig {
+    /// Node name.
+    pub node_name: String,
+    /// State directory (pods, artifacts, Wasm host, certificates).
+    pub data_dir: PathBuf,
+    /// Address the apiserver reaches this node at.
+    pub address: String,
+    /// Address the logs endpoint listens on.
+    pub bind: IpAddr,
+    /// Port of the logs endpoint (0 picks one).
+    pub port: u16,
+    /// The token this agent uses with the API; the apiserver presents the same token
+    /// when it asks for logs.
+    pub token: String,
+    /// Runtimes offered.
+    pub runtimes: Vec<String>,
+    /// CPU kept back, millicores.
+    pub reserved_milli_cpu: u64,
+    /// Memory kept back, bytes.
+    pub reserved_memory: u64,
+    /// Registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Extra node labels.
+    pub labels: BTreeMap<String, String>,
+    /// The `skiff` executable (to start the Wasm host).
+    pub exe: PathBuf,
+    /// Pod sandboxes.
+    pub sandboxes: Arc<dyn Sandboxes>,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The Wasm host could not be reached or started.
+    #[error(transparent)]
+    Host(#[from] wasmhost::HostError),
+    /// The artifact store could not be opened.
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] crate::artifacts::ArtifactError),
+    /// The logs endpoint could not be set up.
+    #[error(transparent)]
+    Logs(#[from] logserver::LogServerError),
+    /// The Node could not be registered.
+    #[error("registering node {node}: {message}")]
+    Register {
+        /// The node.
+        node: String,
+        /// Why.
+        message: String,
+    },
+    /// A directory could not be created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the running agent exposes (for the embedding process and tests).
+pub struct Started {
+    /// Where the logs endpoint listens.
+    pub logs_addr: SocketAddr,
+    /// The Wasm host's paths.
+    pub host: HostPaths,
+}
+
+fn image_list(images: Vec<crate::artifacts::CachedImage>) -> Vec<ContainerImage> {
+    images
+        .into_iter()
+        .map(|i| ContainerImage {
+            names: Some(i.names),
+            size_bytes: Some(i.size_bytes as i64),
+        })
+        .collect()
+}
+
+struct NodeKeeper {
+    client: kube::Client,
+    spec: NodeSpec,
+    data_dir: PathBuf,
+    artifacts: ArtifactStore,
+    host: skiff_shims::host::Client,
+    last: Option<serde_json::Value>,
+    last_write: Option<std::time::Instant>,
+}
+
+impl NodeKeeper {
+    async fn desired(&self) -> Node {
+        let machine = Machine::read();
+        let host_ok = self.host.list().await.is_ok();
+        let conds = node::conditions(&machine, node::disk_space(&self.data_dir), host_ok);
+        node::node_object(
+            &self.spec,
+            &machine,
+            conds,
+            image_list(self.artifacts.images().await),
+        )
+    }
+
+    async fn register(&mut self) -> Result<(), AgentError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let want = self.desired().await;
+        let node = self.spec.name.clone();
+        let err = move |e: kube::Error| AgentError::Register {
+            node: node.clone(),
+            message: e.to_string(),
+        };
+        match nodes.create(&PostParams::default(), &want).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Registered before: refresh labels and annotations, keep the spec
+                // (taints, cordon) an operator may have set.
+                let md = serde_json::json!({"metadata": {
+                    "labels": want.metadata.labels, "annotations": want.metadata.annotations,
+                }});
+                nodes
+                    .patch(&self.spec.name, &PatchParams::default(), &Patch::Merge(&md))
+                    .await
+                    .map_err(&err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+        self.write_status(want).await.map_err(&err)
+    }
+
+    async fn write_status(&mut self, want: Node) -> Result<(), kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let status = serde_json::to_value(&want.status).unwrap_or_default();
+        nodes
+            .patch_status(
+                &self.spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"status": status})),
+            )
+            .await?;
+        self.last = Some(comparable(&status));
+        self.last_write = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Rewrite the status when something changed, or when it is due.
+    async fn refresh(&mut self) {
+        let want = self.desired().await;
+        let status = serde_json::to_value(&want.status).unwrap_or_default();
+        let due = self
+            .last_write
+            .is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+        if !due && self.last.as_ref() == Some(&comparable(&status)) {
+            return;
+        }
+        if let Err(e) = self.write_status(want).await {
+            tracing::warn!(error = %e, "node status not written");
+        }
+    }
+
+    async fn renew_lease(&self) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+        let spec = serde_json::json!({"spec": {
+            "holderIdentity": self.spec.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now,
+        }});
+        match leases
+            .patch(
+                &self.spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(&spec),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let lease: Lease = match serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": self.spec.name, "namespace": "kube-node-lease"},
+                    "spec": spec["spec"],
+                })) {
+                    Ok(l) => l,
+                    Err(_) => return,
+                };
+                if let Err(e) = leases.create(&PostParams::default(), &lease).await {
+                    tracing::warn!(error = %e, "node lease not created");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "node lease not renewed"),
+        }
+    }
+}
+
+/// Status without the heartbeat timestamps, to tell real changes from heartbeats.
+fn comparable(status: &serde_json::Value) -> serde_json::Value {
+    let mut s = status.clone();
+    if let Some(conds) = s["conditions"].as_array_mut() {
+        for c in conds {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastHeartbeatTime");
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    s
+}
+
+fn mkdir(p: &std::path::Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(p).map_err(|source| AgentError::Io {
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// Start the agent; returns once the Node is registered and pods are being watched,
+/// with a future that runs it until `stop` resolves.
+pub async fn start(
+    client: kube::Client,
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Started, impl std::future::Future<Output = ()> + Send), AgentError> {
+    let dir = cfg.data_dir.clone();
+    for d in ["pods", "artifacts", "pki"] {
+        mkdir(&dir.join(d))?;
+    }
+    let paths = HostPaths {
+        socket: dir.join("wasm-host.sock"),
+        state_dir: dir.join("wasm-host"),
+        exe: cfg.exe.clone(),
+    };
+    let host = wasmhost::connect_or_spawn(&paths).await?;
+    let artifacts = ArtifactStore::open_with(
+        dir.join("artifacts"),
+        StoreOptions {
+            insecure_registries: cfg.insecure_registries.clone(),
+        },
+    )
+    .await?;
+    let names = vec![
+        cfg.address.clone(),
+        cfg.node_name.clone(),
+        "localhost".to_string(),
+    ];
+    let cert = logserver::serving_cert(&dir.join("pki"), &names)?;
+    let addr = SocketAddr::new(cfg.bind, cfg.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| logserver::LogServerError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let logs_addr = listener.local_addr().unwrap_or(addr);
+    let registry = LogRegistry::default();
+    let log_router = logserver::router(registry.clone(), cfg.token.clone());
+    let log_task = tokio::spawn(async move {
+        if let Err(e) = logserver::serve(listener, &cert, log_router).await {
+            tracing::error!(error = %e, "logs endpoint stopped");
+        }
+    });
+    let pin = logserver::serving_cert(&dir.join("pki"), &names)?.pin;
+    let machine = Machine::read();
+    let spec = NodeSpec {
+        name: cfg.node_name.clone(),
+        address: cfg.address.clone(),
+        port: logs_addr.port(),
+        cert_pin: pin,
+        runtimes: cfg.runtimes.clone(),
+        reserved_milli_cpu: cfg.reserved_milli_cpu,
+        reserved_memory: cfg.reserved_memory,
+        labels: cfg.labels.clone(),
+    };
+    let mut keeper = NodeKeeper {
+        client: client.clone(),
+        spec,
+        data_dir: dir.clone(),
+        artifacts: artifacts.clone(),
+        host: host.clone(),
+        last: None,
+        last_write: None,
+    };
+    keeper.register().await?;
+    keeper.renew_lease().await;
+    tracing::info!(node = %cfg.node_name, logs = %logs_addr, "node registered");
+
+    // Subscribe before listing, so no exit falls between the two.
+    let exits = host.subscribe();
+    let running = host.list().await.unwrap_or_default();
+    let adopted: HashMap<String, skiff_shims::ContainerInfo> =
+        running.into_iter().map(|c| (c.id.clone(), c)).collect();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        host: host.clone(),
+        artifacts,
+        sandboxes: cfg.sandboxes.clone(),
+        node: NodeFacts {
+            host_ip: cfg.address.clone(),
+            cpus: machine.cpus,
+            memory: machine.memory,
+        },
+        pods_dir: dir.join("pods"),
+        recorder: Recorder::new(client.clone(), "kubelet", &cfg.node_name),
+        logs: registry,
+        adopted: Mutex::new(adopted),
+    });
+    let node_name = cfg.node_name.clone();
+    let run = async move {
+        let keeper_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEW);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                keeper.renew_lease().await;
+                keeper.refresh().await;
+            }
+        });
+        tokio::select! {
+            _ = stop => {}
+            _ = pods_loop(ctx.clone(), node_name.clone(), exits) => {}
+        }
+        keeper_task.abort();
+        log_task.abort();
+        tracing::info!(node = %node_name, "agent stopped; workloads keep running in the Wasm host");
+    };
+    Ok((
+        Started {
+            logs_addr,
+            host: paths,
+        },
+        run,
+    ))
+}
+
+async fn pods_loop(
+    ctx: Arc<Ctx>,
+    node_name: String,
+    mut exits: tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>,
+) {
+    use kube::runtime::WatchStreamExt;
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let mut stream = std::pin::pin!(watcher(pods, cfg).default_backoff());
+    let mut workers: HashMap<String, Handle> = HashMap::new();
+    let mut seen: Option<HashSet<String>> = None;
+    let mut cleaned = false;
+    loop {
+        tokio::select! {
+            ev = stream.next() => {
+                let Some(ev) = ev else { return };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pod watch failed; retrying (pods keep running)");
+                        continue;
+                    }
+                };
+                match ev {
+                    watcher::Event::Init => seen = Some(HashSet::new()),
+                    watcher::Event::InitApply(p) => {
+                        if let Some(s) = seen.as_mut() {
+                            s.insert(p.metadata.uid.clone().unwrap_or_default());
+                        }
+                        apply(&ctx, &mut workers, p);
+                    }
+                    watcher::Event::Apply(p) => apply(&ctx, &mut workers, p),
+                    watcher::Event::Delete(p) => {
+                        workers.remove(&p.metadata.uid.clone().unwrap_or_default());
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(s) = seen.take() {
+                            // Pods deleted while we were away: their workers end.
+                            workers.retain(|uid, _| s.contains(uid));
+                        }
+                        if !cleaned {
+                            cleaned = true;
+                            cleanup_orphans(&ctx, &workers).await;
+                        }
+                    }
+                }
+            }
+            ev = exits.recv() => match ev {
+                Ok(ev) => route_exit(&workers, ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "missed container exits; re-reading the Wasm host");
+                    for c in ctx.host.list().await.unwrap_or_default() {
+                        if let skiff_shims::ContainerState::Exited { finished_at, status, .. } = c.state {
+                            route_exit(&workers, skiff_shims::ExitEvent { id: c.id, finished_at, status });
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    tracing::error!("the Wasm host went away");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn route_exit(workers: &HashMap<String, Handle>, ev: skiff_shims::ExitEvent) {
+    let uid = ev.id.split('/').next().unwrap_or_default().to_string();
+    if let Some(h) = workers.get(&uid) {
+        let _ = h.msgs.send(Msg::Exited(ev));
+    }
+}
+
+fn apply(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Pod) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if let Some(h) = workers.get(&uid) {
+        if h.pod.send(Arc::new(pod.clone())).is_ok() {
+            return;
+        }
+        // Its worker ended (the pod was terminated); nothing more to run.
+        workers.remove(&uid);
+        return;
+    }
+    let (worker, handle) = Worker::new(ctx.clone(), pod);
+    workers.insert(uid, handle);
+    tokio::spawn(worker.run());
+}
+
+/// Containers and sandboxes of pods that are no longer bound here.
+async fn cleanup_orphans(ctx: &Arc<Ctx>, workers: &HashMap<String, Handle>) {
+    for c in ctx.host.list().await.unwrap_or_default() {
+        let uid = c.id.split('/').next().unwrap_or_default();
+        if !workers.contains_key(uid) {
+            tracing::info!(container = %c.id, "stopping a container whose pod is gone");
+            let _ = ctx.host.stop(&c.id, Duration::ZERO).await;
+            let _ = ctx.host.remove(&c.id).await;
+        }
+    }
+    let sandboxes = ctx.sandboxes.clone();
+    let keep: HashSet<String> = workers.keys().cloned().collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for uid in sandboxes.list() {
+            if !keep.contains(&uid) {
+                let _ = sandboxes.destroy(&uid);
+            }
+        }
+    })
+    .await;
+    if let Ok(entries) = std::fs::read_dir(&ctx.pods_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !workers.contains_key(&name) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    // Every worker has taken what it needed at its creation.
+    ctx.adopted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+}

@@ -1,0 +1,296 @@
+//! Pod volumes as directories a Wasm guest can have preopened: `emptyDir`, `hostPath`,
+//! `configMap`, `secret` and `downwardAPI`. Nothing else of the host is visible.
+
+use super::env::{ConfigError, Objects, field_ref};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+/// A directory to preopen for a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    /// Directory on the node.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+fn io(path: &Path, e: std::io::Error) -> ConfigError {
+    ConfigError(format!("{}: {e}", path.display()))
+}
+
+/// A relative path that stays inside its directory.
+fn safe_relative(p: &str) -> bool {
+    !p.is_empty()
+        && Path::new(p)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Write `files` into `dir` atomically: a fresh directory swapped in by rename, so a
+/// guest never sees half of an update.
+fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), ConfigError> {
+    let parent = dir.parent().unwrap_or(dir);
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("vol")
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    for (rel, bytes) in files {
+        if !safe_relative(rel) {
+            return Err(ConfigError(format!("invalid volume item path {rel:?}")));
+        }
+        let p = tmp.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        }
+        std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
+}
+
+fn project(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    what: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    let Some(items) = items.filter(|i| !i.is_empty()) else {
+        return Ok(data);
+    };
+    let mut out = BTreeMap::new();
+    for it in items {
+        match data.get(&it.key) {
+            Some(v) => {
+                out.insert(it.path.clone(), v.clone());
+            }
+            None => {
+                return Err(ConfigError(format!(
+                    "configmap references non-existent config key: {} ({what})",
+                    it.key
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Materialize one pod volume under `root` (the pod's volume directory). Returns the
+/// directory backing it.
+pub async fn materialize(
+    pod: &Pod,
+    v: &Volume,
+    root: &Path,
+    objects: &impl Objects,
+    host_ip: &str,
+) -> Result<PathBuf, ConfigError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let dir = root.join(&v.name);
+    if v.empty_dir.is_some() {
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        return Ok(dir);
+    }
+    if let Some(h) = &v.host_path {
+        let p = PathBuf::from(&h.path);
+        match h.type_.as_deref().unwrap_or("") {
+            "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?,
+            "" | "Directory" => {
+                if !p.is_dir() {
+                    return Err(ConfigError(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        h.path
+                    )));
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "hostPath type {other} is not supported for Wasm containers (they see directories only)"
+                )));
+            }
+        }
+        return Ok(p);
+    }
+    if let Some(c) = &v.config_map {
+        let optional = c.optional.unwrap_or(false);
+        let data = match objects.config_map(ns, &c.name).await.map_err(ConfigError)? {
+            Some(cm) => {
+                let mut d: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                d.extend(
+                    cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                d
+            }
+            None if optional => BTreeMap::new(),
+            None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
+        };
+        write_files(&dir, &project(data, c.items.as_ref(), &c.name)?)?;
+        return Ok(dir);
+    }
+    if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let optional = s.optional.unwrap_or(false);
+        let data = match objects.secret(ns, &name).await.map_err(ConfigError)? {
+            Some(sec) => sec
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+            None if optional => BTreeMap::new(),
+            None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
+        };
+        write_files(&dir, &project(data, s.items.as_ref(), &name)?)?;
+        return Ok(dir);
+    }
+    if let Some(d) = &v.downward_api {
+        let mut files = BTreeMap::new();
+        for it in d.items.iter().flatten() {
+            if let Some(f) = &it.field_ref {
+                files.insert(
+                    it.path.clone(),
+                    field_ref(pod, &f.field_path, host_ip)?.into_bytes(),
+                );
+            }
+        }
+        write_files(&dir, &files)?;
+        return Ok(dir);
+    }
+    Err(ConfigError(format!(
+        "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
+        v.name
+    )))
+}
+
+/// The preopens of one container from its `volumeMounts`, given the pod's volumes'
+/// directories.
+pub fn preopens(
+    c: &Container,
+    volumes: &BTreeMap<String, (PathBuf, bool)>,
+) -> Result<Vec<Preopen>, ConfigError> {
+    let mut out = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let Some((dir, always_ro)) = volumes.get(&m.name) else {
+            return Err(ConfigError(format!(
+                "volumeMount {:?} refers to no volume of the pod",
+                m.name
+            )));
+        };
+        let mut host = dir.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if !safe_relative(sub) {
+                return Err(ConfigError(format!("invalid subPath {sub:?}")));
+            }
+            host = host.join(sub);
+            std::fs::create_dir_all(&host).map_err(|e| io(&host, e))?;
+        }
+        out.push(Preopen {
+            host,
+            guest: m.mount_path.clone(),
+            read_only: *always_ro || m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use serde_json::json;
+
+    struct Table;
+
+    impl Objects for Table {
+        async fn config_map(&self, _ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+            Ok((name == "site").then(|| {
+                serde_json::from_value(json!({"data": {"index.html": "<h1>hi</h1>", "other": "x"}}))
+                    .unwrap_or_default()
+            }))
+        }
+        async fn secret(&self, _ns: &str, name: &str) -> Result<Option<Secret>, String> {
+            Ok((name == "tls").then(|| {
+                serde_json::from_value(json!({"data": {"key.pem": "a2V5"}})).unwrap_or_default()
+            }))
+        }
+    }
+
+    fn vol(v: serde_json::Value) -> Volume {
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn volumes_become_directories() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = tmp.path();
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "ns"}}))
+                .unwrap_or_default();
+        let d = materialize(
+            &pod,
+            &vol(json!({"name": "scratch", "emptyDir": {}})),
+            root,
+            &Table,
+            "",
+        )
+        .await;
+        assert!(d.as_ref().is_ok_and(|d| d.is_dir()));
+        let d = materialize(&pod, &vol(json!({"name": "site", "configMap": {"name": "site", "items": [{"key": "index.html", "path": "www/index.html"}]}})), root, &Table, "").await;
+        let d = d.unwrap_or_default();
+        assert_eq!(
+            std::fs::read_to_string(d.join("www/index.html"))
+                .ok()
+                .as_deref(),
+            Some("<h1>hi</h1>")
+        );
+        assert!(!d.join("other").exists(), "items select keys");
+        let d = materialize(
+            &pod,
+            &vol(json!({"name": "tls", "secret": {"secretName": "tls"}})),
+            root,
+            &Table,
+            "",
+        )
+        .await
+        .unwrap_or_default();
+        assert_eq!(std::fs::read(d.join("key.pem")).ok(), Some(b"key".to_vec()));
+        let d = materialize(&pod, &vol(json!({"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}})), root, &Table, "").await.unwrap_or_default();
+        assert_eq!(
+            std::fs::read_to_string(d.join("name")).ok().as_deref(),
+            Some("web")
+        );
+        let cases = [
+            (
+                json!({"name": "a", "configMap": {"name": "missing"}}),
+                "configmap \"missing\" not found",
+            ),
+            (
+                json!({"name": "b", "hostPath": {"path": "/nonexistent/skiff"}}),
+                "hostPath type check failed: /nonexistent/skiff is not a directory",
+            ),
+            (
+                json!({"name": "c", "nfs": {"server": "x", "path": "/"}}),
+                "volume \"c\": only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
+            ),
+            (
+                json!({"name": "d", "configMap": {"name": "site", "items": [{"key": "index.html", "path": "../escape"}]}}),
+                "invalid volume item path \"../escape\"",
+            ),
+        ];
+        for (v, want) in cases {
+            let got = materialize(&pod, &vol(v), root, &Table, "").await;
+            assert_eq!(got, Err(ConfigError(want.into())));
+        }
+    }
+}
