@@ -8,6 +8,12 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# A real OCI registry on loopback, image tools for the artifact tests, and `ip` for pod
+# network namespaces.
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v umoci >/dev/null || need_apt+=(umoci)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
@@ -17,6 +23,10 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   echo "installing the Python kubernetes client"
   python3 -m pip install -q kubernetes || python3 -m pip install -q --break-system-packages kubernetes
 fi
+
+# The Wasm guests the end-to-end tests publish (installs clang/wasi-libc and
+# componentize-py when missing; quick when up to date).
+scripts/build-guests.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -27,7 +27,7 @@ fn port_of(kubeconfig: &str) -> Option<u16> {
 
 fn spawn_child(dir: &Path, port: u16, extra: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["server", "--no-agent", "--data-dir"])
+        .args(["server", "--data-dir"])
         .arg(dir)
         .args(["--port", &port.to_string()])
         .args(extra)
@@ -46,8 +46,22 @@ impl Server {
         Server::start_with(&["--no-scheduler"])
     }
 
-    /// Same, with more `skiff server` flags.
+    /// The control plane without a node agent, with more `skiff server` flags.
     pub fn start_with(extra: &[&str]) -> Server {
+        let mut flags = vec!["--no-agent"];
+        flags.extend_from_slice(extra);
+        Server::start_flags(&flags)
+    }
+
+    /// The whole server: control plane, scheduler and this machine's node agent (as
+    /// node `node_name`, logs endpoint on a free port).
+    pub fn start_node(node_name: &str, extra: &[&str]) -> Server {
+        let mut flags = vec!["--node-name", node_name, "--node-port", "0"];
+        flags.extend_from_slice(extra);
+        Server::start_flags(&flags)
+    }
+
+    fn start_flags(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let extra = extra.iter().map(|s| s.to_string()).collect();
@@ -205,10 +219,153 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The node agent's state directory.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
+
+    /// Pid of the node's Wasm host, if one was started.
+    pub fn wasm_host_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.agent_dir().join("wasm-host/wasm-host.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // The Wasm host outlives the agent by design; a test's host ends with the test,
+        // and so do the network namespaces of its pods.
+        if let Some(pid) = self.wasm_host_pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        if let Ok(pods) = std::fs::read_dir(self.agent_dir().join("pods")) {
+            for p in pods.flatten() {
+                let ns = format!("skiff-{}", p.file_name().to_string_lossy());
+                let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+            }
+        }
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real OCI registry (Debian's `docker-registry`) on a loopback port.
+pub struct Registry {
+    pub port: u16,
+    pub storage: tempfile::TempDir,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry) must be installed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://127.0.0.1:{port}/v2/"))
+                .output();
+            if out.is_ok_and(|o| o.stdout == b"200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Registry {
+            port,
+            storage,
+            child,
+        }
+    }
+
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("127.0.0.1:{}/{repo_tag}", self.port)
+    }
+
+    /// Publish a `.wasm` file with `skiff push`; panics if it fails.
+    pub fn push(&self, file: &Path, repo_tag: &str) -> String {
+        let reference = self.reference(repo_tag);
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("push")
+            .arg(file)
+            .arg(&reference)
+            .output()
+            .expect("skiff push");
+        assert!(
+            out.status.success(),
+            "skiff push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+
+    /// Publish WAT text compiled to Wasm.
+    pub fn push_wat(&self, wat: &str, repo_tag: &str) -> String {
+        let bytes = wat::parse_str(wat).expect("valid WAT");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("guest.wasm");
+        std::fs::write(&f, bytes).expect("write guest");
+        self.push(&f, repo_tag)
+    }
+
+    /// The registry's stored copy of a blob (to tamper with it).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A guest built by `scripts/build-guests.sh` (the README's test command builds them).
+pub fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/guests")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-guests.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
 }
 
 /// A process whose stdout lines arrive on a channel, for `-w` style commands.

@@ -380,6 +380,14 @@ impl Worker {
                         };
                         slot.started = Some(Instant::now());
                         tracing::info!(pod = %self.name, container = %slot.spec.name, "re-adopted a running container");
+                        self.ctx.recorder.normal(
+                            &ObjectRef::pod(&self.ns, &self.name, &self.uid),
+                            "Adopted",
+                            format!(
+                                "Container {} kept running across an agent restart",
+                                slot.spec.name
+                            ),
+                        );
                     }
                     ContainerState::Exited { .. } => {}
                 }

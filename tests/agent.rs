@@ -1,0 +1,389 @@
+//! The node agent end to end, as a user meets it: a real registry on loopback, guests
+//! published with `skiff push`, the real `skiff server` with its agent, pods applied
+//! with kubectl, HTTP through the pod's hostPort, and the guest-fault table (each fault
+//! ends in the right reason and message while other pods keep serving).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Registry, Server, free_port, guest, kube_client};
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use kube::Api;
+use kube::runtime::wait::await_condition;
+use std::io::Write;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn apply(s: &Server, yaml: &str) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(yaml.as_bytes()).unwrap();
+    s.kubectl_ok(&["apply", "-f", f.path().to_str().unwrap()]);
+}
+
+/// A Wasm pod; `extra` is appended to the container (YAML at 4 spaces).
+fn pod(name: &str, image: &str, restart: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: {restart}\n  containers:\n  - name: app\n    image: {image}\n{extra}"
+    )
+}
+
+fn status(p: Option<&Pod>) -> Option<ContainerStatus> {
+    p?.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+async fn wait_for(pods: &Api<Pod>, name: &str, what: &str, cond: impl Fn(&Pod) -> bool) -> Pod {
+    let found = tokio::time::timeout(
+        WAIT,
+        await_condition(pods.clone(), name, move |p: Option<&Pod>| {
+            p.is_some_and(&cond)
+        }),
+    )
+    .await;
+    match found {
+        Ok(Ok(Some(p))) => p,
+        _ => {
+            let now = pods.get_opt(name).await.ok().flatten();
+            panic!(
+                "pod {name}: {what} did not happen within {WAIT:?}; status: {:#?}",
+                now.and_then(|p| p.status)
+            )
+        }
+    }
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status(Some(p)).is_some_and(|c| c.ready)
+}
+
+fn terminated(p: &Pod) -> Option<(String, String, i32)> {
+    let t = status(Some(p))?.state?.terminated?;
+    Some((
+        t.reason.unwrap_or_default(),
+        t.message.unwrap_or_default(),
+        t.exit_code,
+    ))
+}
+
+fn waiting(p: &Pod) -> Option<(String, String)> {
+    let w = status(Some(p))?.state?.waiting?;
+    Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+}
+
+async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = r.status().as_u16();
+    Ok((code, r.text().await.map_err(|e| e.to_string())?))
+}
+
+/// Wait until an event with `reason` is recorded about `object`.
+async fn wait_event(client: &kube::Client, object: &str, reason: &str) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Event;
+    use kube::runtime::watcher;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let cfg = watcher::Config::default().fields(&format!("involvedObject.name={object}"));
+    let mut stream = std::pin::pin!(watcher(events, cfg));
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = ev
+                && e.reason.as_deref() == Some(reason)
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no {reason} event for {object}");
+}
+
+fn hello_pod(name: &str, image: &str, host_port: u16) -> String {
+    pod(
+        name,
+        image,
+        "Always",
+        &format!(
+            "    ports:\n    - containerPort: 8080\n      hostPort: {host_port}\n    resources:\n      limits: {{cpu: 500m, memory: 64Mi}}\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_service_from_the_registry_serves_on_its_host_port() {
+    let reg = Registry::start();
+    let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let s = Server::start_node("edge-a", &[]);
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // The node registered itself, with its runtime and real capacity.
+    let node = tokio::time::timeout(
+        WAIT,
+        await_condition(
+            Api::<Node>::all(client.clone()),
+            "edge-a",
+            |n: Option<&Node>| n.is_some(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("runtime.skiff.dev/wasm").map(String::as_str),
+        Some("true")
+    );
+    let st = node.status.unwrap();
+    assert!(st.allocatable.unwrap().contains_key("memory"));
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    s.kubectl_ok(&["-n", "kube-node-lease", "get", "lease", "edge-a"]);
+
+    let port = free_port();
+    apply(&s, &hello_pod("hello", &image, port));
+    let p = wait_for(&pods, "hello", "Running", running).await;
+    assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("edge-a"));
+    let (code, body) = http_get(port, "/greet").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+    let table = s.kubectl_ok(&["get", "pod", "hello"]);
+    assert!(
+        table.contains("1/1") && table.contains("Running"),
+        "{table}"
+    );
+
+    s.kubectl_ok(&["delete", "pod", "hello", "--timeout=60s"]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "deleting the pod frees its host port"
+    );
+}
+
+const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
+const STACK: &str =
+    r#"(module (memory (export "memory") 1) (func $f (export "_start") (call $f)))"#;
+const SPIN: &str =
+    r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+const BOMB: &str = r#"(module (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#;
+const NO_START: &str = r#"(module (memory (export "memory") 1) (func (export "main")))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_faults_end_in_the_right_reason_and_others_keep_serving() {
+    let reg = Registry::start();
+    let hello = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let s = Server::start_node("edge-f", &[]);
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s).await, "default");
+    let hello_port = free_port();
+    apply(&s, &hello_pod("bystander", &hello, hello_port));
+    wait_for(&pods, "bystander", "Running", running).await;
+
+    let trap = reg.push_wat(TRAP, "faults/trap:1");
+    let stack = reg.push_wat(STACK, "faults/stack:1");
+    let spin = reg.push_wat(SPIN, "faults/spin:1");
+    let bomb = reg.push_wat(BOMB, "faults/bomb:1");
+    let no_start = reg.push_wat(NO_START, "faults/nostart:1");
+    // A proxy component whose /loop handler never returns.
+    let proxy = reg.push_wat(
+        include_str!("../shims/tests/fixtures/proxy.component.wat"),
+        "faults/proxy:1",
+    );
+    // Bytes that are not Wasm, served with a Wasm media type: publish a valid module,
+    // then replace the registry's copy of the layer (the digest no longer matches).
+    let tampered = reg.push_wat(
+        r#"(module (memory (export "memory") 1) (func (export "_start")) (data (i32.const 0) "tamper"))"#,
+        "faults/tampered:1",
+    );
+    let missing = reg.reference("faults/missing:1");
+    let layer = {
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1) (func (export "_start")) (data (i32.const 0) "tamper"))"#,
+        )
+        .unwrap();
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&wasm)))
+    };
+    std::fs::write(reg.blob_path(&layer), b"this is not wasm at all").unwrap();
+
+    let loop_port = free_port();
+    let limits =
+        |mem: &str| format!("    resources:\n      limits: {{cpu: 200m, memory: {mem}}}\n");
+    let yaml = [
+        pod("trap", &trap, "Never", ""),
+        pod("stack", &stack, "Never", ""),
+        pod("bomb", &bomb, "Never", &limits("16Mi")),
+        pod("spin", &spin, "Never", "    resources:\n      limits: {cpu: 50m, memory: 16Mi}\n"),
+        pod("nostart", &no_start, "Never", ""),
+        pod("tampered", &tampered, "Never", ""),
+        pod("missing", &missing, "Never", ""),
+        pod("crashloop", &trap, "Always", ""),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\n  annotations: {{skiff.dev/request-timeout: 1s}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: app\n    image: {proxy}\n    ports:\n    - containerPort: 8080\n      hostPort: {loop_port}\n"
+        ),
+    ]
+    .join("---\n");
+    apply(&s, &yaml);
+
+    let term = |reason: &'static str, text: &'static str| {
+        move |p: &Pod| terminated(p).is_some_and(|(r, m, _)| r == reason && m.contains(text))
+    };
+    let wait_reason = |reason: &'static str, text: &'static str| {
+        move |p: &Pod| waiting(p).is_some_and(|(r, m)| r == reason && m.contains(text))
+    };
+    let p = wait_for(&pods, "trap", "Trap", term("Trap", "unreachable")).await;
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Failed"));
+    wait_for(&pods, "stack", "Trap (stack)", term("Trap", "stack")).await;
+    wait_for(&pods, "bomb", "OOMKilled", |p: &Pod| {
+        terminated(p).is_some_and(|(r, _, code)| r == "OOMKilled" && code == 137)
+    })
+    .await;
+    wait_for(
+        &pods,
+        "nostart",
+        "InvalidArtifact",
+        wait_reason("InvalidArtifact", "_start"),
+    )
+    .await;
+    wait_for(
+        &pods,
+        "tampered",
+        "InvalidArtifact (digest)",
+        wait_reason("InvalidArtifact", "digest"),
+    )
+    .await;
+    let p = wait_for(&pods, "missing", "ErrImagePull", |p: &Pod| {
+        waiting(p).is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
+    })
+    .await;
+    let (_, m) = waiting(&p).unwrap();
+    assert!(
+        m.contains("not found") || m.contains("Back-off pulling"),
+        "{m}"
+    );
+    let p = wait_for(
+        &pods,
+        "crashloop",
+        "CrashLoopBackOff",
+        wait_reason("CrashLoopBackOff", "back-off"),
+    )
+    .await;
+    let cs = status(Some(&p)).unwrap();
+    let last = cs.last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.reason.as_deref(), Some("Trap"));
+    assert!(last.message.unwrap_or_default().contains("unreachable"));
+    assert!(cs.restart_count >= 1);
+    let events = s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crashloop",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(
+        events.contains("Trap") && events.contains("BackOff"),
+        "{events}"
+    );
+
+    // A busy loop keeps running (CPU-capped) until the pod is deleted.
+    wait_for(&pods, "spin", "Running", running).await;
+    s.kubectl_ok(&["delete", "pod", "spin", "--timeout=60s"]);
+
+    // A request that never returns is cut at the deadline; the service goes on.
+    wait_for(&pods, "slow", "Running", running).await;
+    let (code, _) = http_get(loop_port, "/loop").await.unwrap();
+    assert_eq!(code, 504);
+    let (code, _) = http_get(loop_port, "/").await.unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = http_get(loop_port, "/trap").await.unwrap();
+    assert_eq!(code, 500);
+    let (code, _) = http_get(loop_port, "/").await.unwrap();
+    assert_eq!(code, 200);
+
+    // Through all of it, the bystander served.
+    let (code, body) = http_get(hello_port, "/").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+    let p = pods.get("bystander").await.unwrap();
+    assert_eq!(status(Some(&p)).unwrap().restart_count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
+    let reg = Registry::start();
+    let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let mut s = Server::start_node("edge-k", &[]);
+    let pods: Api<Pod> = Api::namespaced(kube_client(&s).await, "default");
+    let port = free_port();
+    apply(&s, &hello_pod("steady", &image, port));
+    let before = wait_for(&pods, "steady", "Running", running).await;
+    let started = status(Some(&before))
+        .unwrap()
+        .state
+        .unwrap()
+        .running
+        .unwrap()
+        .started_at;
+
+    // Load: two clients, sequential requests each, every answer checked.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(port, "/").await {
+                    Ok((200, b)) if b == "hello from skiff\n" => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    s.kill9();
+    s.restart();
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // The restarted agent finds the running instance and says so.
+    wait_event(&client, "steady", "Adopted").await;
+    let after = pods.get("steady").await.unwrap();
+    assert!(running(&after));
+    // Let the load run a little past the restart, then stop it.
+    let (code, _) = http_get(port, "/after-restart").await.unwrap();
+    assert_eq!(code, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for l in load {
+        let (ok, failed) = l.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests failed across the agent's death: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 10, "only {total} requests made");
+    let cs = status(Some(&after)).unwrap();
+    assert_eq!(cs.restart_count, 0);
+    assert_eq!(cs.state.unwrap().running.unwrap().started_at, started);
+}
