@@ -25,6 +25,8 @@ pub struct Cluster {
     /// Pods bound to a node the cache does not know (yet), by node name.
     waiting: FxHashMap<Arc<str>, Vec<String>>,
     image_nodes: FxHashMap<Sym, u32>,
+    /// Bumped whenever a node is added, removed or changes in a way placement sees.
+    generation: u64,
 }
 
 impl Cluster {
@@ -41,6 +43,11 @@ impl Cluster {
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// Changes whenever the node list or a node's placement-relevant fields change.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// For each image, how many nodes report it.
@@ -78,12 +85,16 @@ impl Cluster {
             self.nodes[i].update_from(node, &mut self.interner);
             self.count_images(i, 1);
             let n = &self.nodes[i];
-            return n.labels != before.labels
+            let changed = n.labels != before.labels
                 || n.taints != before.taints
                 || n.ready != before.ready
                 || n.unschedulable != before.unschedulable
                 || n.allocatable != before.allocatable
                 || n.images != before.images;
+            if changed {
+                self.generation += 1;
+            }
+            return changed;
         }
         let info = NodeInfo::from_node(node, &mut self.interner);
         self.insert_node(info);
@@ -97,6 +108,7 @@ impl Cluster {
 
     /// Add a node built by hand (tests and benchmarks).
     pub fn insert_node(&mut self, info: NodeInfo) {
+        self.generation += 1;
         if let Some(&i) = self.index.get(&*info.name) {
             self.count_images(i, -1);
             let mut info = info;
@@ -127,6 +139,7 @@ impl Cluster {
         let Some(i) = self.index.remove(name) else {
             return;
         };
+        self.generation += 1;
         self.count_images(i, -1);
         let gone = self.nodes.swap_remove(i);
         if i < self.nodes.len() {

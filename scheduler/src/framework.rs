@@ -267,6 +267,14 @@ pub trait Filter: Send + Sync {
     fn applies(&self, _cycle: &Cycle<'_>) -> bool {
         true
     }
+    /// Whether the verdict depends only on the node object and the pod's
+    /// [`PodInfo::static_signature`] parts — not on the pods placed on the node. Such
+    /// verdicts are computed once per pod shape and node version and shared.
+    ///
+    /// [`PodInfo::static_signature`]: crate::model::PodInfo::static_signature
+    fn node_static(&self) -> bool {
+        false
+    }
 }
 
 /// The Score extension point: how good is this feasible node?

@@ -129,7 +129,7 @@ pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 pub const DEFAULT_MAX_PODS: i64 = 110;
 
 /// A taint's effect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Effect {
     /// New pods that do not tolerate it are not placed.
     NoSchedule,
@@ -177,7 +177,7 @@ pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// A pod toleration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Toleration {
     /// Key; empty with `exists` tolerates every taint.
     pub key: String,
@@ -397,7 +397,7 @@ pub struct Usage {
 }
 
 /// One requirement of a node selector term.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
     /// Label key (or `metadata.name` for a field requirement).
     pub key: String,
@@ -408,7 +408,7 @@ pub struct Requirement {
 }
 
 /// A node selector term: every expression must hold.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Term {
     /// Label requirements.
     pub labels: Vec<Requirement>,
@@ -601,6 +601,18 @@ pub fn normalize_image(image: &str) -> String {
 }
 
 impl PodInfo {
+    /// A hash of everything node-static filters look at (selectors, affinity,
+    /// tolerations): pods with equal signatures get equal verdicts from them on a node
+    /// that has not changed, so those verdicts can be shared.
+    pub fn static_signature(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        self.node_selector.hash(&mut h);
+        self.required_terms.hash(&mut h);
+        self.tolerations.hash(&mut h);
+        h.finish()
+    }
+
     /// Translate a Pod; `class` finds a RuntimeClass by name.
     pub fn from_pod<'a>(
         pod: &Pod,

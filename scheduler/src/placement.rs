@@ -7,8 +7,8 @@
 //! `FailedScheduling` message counts every node's reason.
 
 use crate::cache::Cluster;
-use crate::framework::{Cycle, Framework, Verdict};
-use crate::model::{NodeInfo, PodInfo};
+use crate::framework::{Cycle, Filter, Framework, Verdict};
+use crate::model::PodInfo;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -66,6 +66,9 @@ pub struct Placer {
     pub percentage_of_nodes_to_score: Option<u32>,
     feasible: Vec<usize>,
     active_filters: Vec<usize>,
+    /// Node-static filter verdicts per pod shape: signature → (cluster generation,
+    /// passes per node index).
+    static_verdicts: rustc_hash::FxHashMap<u64, (u64, Vec<bool>)>,
     totals: Vec<i64>,
     scratch: Vec<i64>,
 }
@@ -80,6 +83,7 @@ impl Placer {
             percentage_of_nodes_to_score: None,
             feasible: Vec::new(),
             active_filters: Vec::new(),
+            static_verdicts: Default::default(),
             totals: Vec::new(),
             scratch: Vec::new(),
         }
@@ -104,26 +108,43 @@ impl Placer {
             return Err(FitError::default());
         }
         let cycle = Cycle::new(pod, &cluster.interner, total, cluster.image_nodes());
+        let sig = pod.static_signature();
+        self.prepare_static(&cycle, cluster, sig);
+        // The other (dynamic) filters run per node on every cycle.
         self.active_filters.clear();
-        self.active_filters.extend(
-            (0..self.framework.filters.len())
-                .filter(|&i| self.framework.filters[i].applies(&cycle)),
-        );
+        self.active_filters.extend((0..self.framework.filters.len()).filter(|&i| {
+            let f = &self.framework.filters[i];
+            !f.node_static() && f.applies(&cycle)
+        }));
         let want = self.feasible_to_find(total);
         self.feasible.clear();
         let start = self.next_start % total;
         let mut idx = start;
-        for _ in 0..total {
-            if self.filter(&cycle, &nodes[idx]).fits() {
-                self.feasible.push(idx);
-                if self.feasible.len() >= want {
-                    idx += 1;
-                    break;
+        {
+            let statics = self
+                .static_verdicts
+                .get(&sig)
+                .map(|(_, v)| v.as_slice())
+                .unwrap_or_default();
+            let dynamic: Vec<&dyn Filter> = self
+                .active_filters
+                .iter()
+                .map(|&i| &*self.framework.filters[i])
+                .collect();
+            for _ in 0..total {
+                let fits = statics.get(idx).copied().unwrap_or(true)
+                    && dynamic.iter().all(|f| f.filter(&cycle, &nodes[idx]).fits());
+                if fits {
+                    self.feasible.push(idx);
+                    if self.feasible.len() >= want {
+                        idx += 1;
+                        break;
+                    }
                 }
-            }
-            idx += 1;
-            if idx == total {
-                idx = 0;
+                idx += 1;
+                if idx == total {
+                    idx = 0;
+                }
             }
         }
         self.next_start = idx % total;
@@ -134,14 +155,32 @@ impl Placer {
         }
     }
 
-    fn filter(&self, cycle: &Cycle<'_>, node: &NodeInfo) -> Verdict {
-        for &f in &self.active_filters {
-            let v = self.framework.filters[f].filter(cycle, node);
-            if !v.fits() {
-                return v;
-            }
+    /// Make sure the node-static verdicts for this pod shape are current.
+    fn prepare_static(&mut self, cycle: &Cycle<'_>, cluster: &Cluster, sig: u64) {
+        let generation = cluster.generation();
+        if self
+            .static_verdicts
+            .get(&sig)
+            .is_some_and(|(g, v)| *g == generation && v.len() == cluster.nodes().len())
+        {
+            return;
         }
-        Verdict::Fit
+        if self.static_verdicts.len() >= 256 {
+            self.static_verdicts.clear();
+        }
+        let statics: Vec<&dyn Filter> = self
+            .framework
+            .filters
+            .iter()
+            .filter(|f| f.node_static() && f.applies(cycle))
+            .map(|f| &**f)
+            .collect();
+        let passes = cluster
+            .nodes()
+            .iter()
+            .map(|n| statics.iter().all(|f| f.filter(cycle, n).fits()))
+            .collect();
+        self.static_verdicts.insert(sig, (generation, passes));
     }
 
     /// Why no node fits: every node's reasons, counted. Only a failed search gets here,
@@ -151,8 +190,20 @@ impl Placer {
             total_nodes: cluster.nodes().len(),
             ..Default::default()
         };
+        let all: Vec<&dyn Filter> = self
+            .framework
+            .filters
+            .iter()
+            .filter(|f| f.applies(cycle))
+            .map(|f| &**f)
+            .collect();
         for node in cluster.nodes() {
-            let rs = match self.filter(cycle, node) {
+            let verdict = all
+                .iter()
+                .map(|f| f.filter(cycle, node))
+                .find(|v| !v.fits())
+                .unwrap_or(Verdict::Fit);
+            let rs = match verdict {
                 Verdict::Fit => continue,
                 Verdict::Unschedulable(rs) => {
                     err.resolvable_by_pods = true;
@@ -212,7 +263,7 @@ impl Placer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Resources;
+    use crate::model::{NodeInfo, Resources};
 
     const GI: i64 = 1 << 30;
 

@@ -211,6 +211,12 @@ impl Server {
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Start again on the same data directory and port, with these flags instead.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// Start again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");

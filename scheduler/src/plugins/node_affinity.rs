@@ -18,6 +18,10 @@ impl Filter for NodeAffinity {
         "NodeAffinity"
     }
 
+    fn node_static(&self) -> bool {
+        true
+    }
+
     fn filter(&self, cycle: &Cycle<'_>, node: &NodeInfo) -> Verdict {
         let selector_ok = match &cycle.selector {
             None => false,

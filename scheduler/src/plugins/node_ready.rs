@@ -13,6 +13,10 @@ impl Filter for NodeReady {
         "NodeReady"
     }
 
+    fn node_static(&self) -> bool {
+        true
+    }
+
     fn filter(&self, cycle: &Cycle<'_>, node: &NodeInfo) -> Verdict {
         if !node.ready
             && !tolerated(

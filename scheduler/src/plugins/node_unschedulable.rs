@@ -12,6 +12,10 @@ impl Filter for NodeUnschedulable {
         "NodeUnschedulable"
     }
 
+    fn node_static(&self) -> bool {
+        true
+    }
+
     fn filter(&self, cycle: &Cycle<'_>, node: &NodeInfo) -> Verdict {
         if node.unschedulable
             && !tolerated(

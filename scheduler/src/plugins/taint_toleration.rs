@@ -12,6 +12,10 @@ impl Filter for TaintToleration {
         "TaintToleration"
     }
 
+    fn node_static(&self) -> bool {
+        true
+    }
+
     fn filter(&self, cycle: &Cycle<'_>, node: &NodeInfo) -> Verdict {
         for t in &node.taints {
             if t.effect == Effect::PreferNoSchedule {
