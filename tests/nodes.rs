@@ -270,6 +270,8 @@ async fn a_node_credential_writes_only_its_own_objects() {
     pods.delete("mine-2", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
+    let (code, _) = refusal(pods.logs("mine", &Default::default()).await);
+    assert_eq!(code, 403, "a node reads no logs through the apiserver");
     // Reads are open: it sees every pod (the one it deleted with grace 0 is gone).
     assert_eq!(
         pods.list(&ListParams::default()).await.unwrap().items.len(),
@@ -512,4 +514,28 @@ async fn kubectl_logs_reach_the_node_agent_and_follow_streams() {
         .unwrap()
         .unwrap();
     assert_eq!(chunk.as_ref(), b"four\n");
+}
+
+#[tokio::test]
+async fn a_plain_join_secret_from_an_older_version_keeps_working() {
+    let mut s = Server::start();
+    assert!(s.terminate());
+    std::fs::write(s.dir.join("node-token"), "0123456789abcdef\n").unwrap();
+    s.restart();
+    let token = s.node_token();
+    let parsed = JoinToken::parse(&token).expect("rewritten as a skiff1 token");
+    assert_eq!(parsed.secret, "0123456789abcdef");
+    assert_eq!(parsed.ca_sha256, sha256_hex(&s.ca_pem()));
+    let creds = join(&s, "old-node").await;
+    let resp = s
+        .http()
+        .post(s.url("/skiff/v1/join"))
+        .bearer_auth("0123456789abcdef")
+        .json(&json!({"nodeName": "old-node"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["token"].as_str(), Some(creds.token.as_str()));
 }

@@ -249,6 +249,13 @@ fn node_rule(node: &str, a: &Attributes<'_>) -> Result<Restriction, Option<Strin
         if a.res.kind == "Secret" && a.verb != "get" {
             return Err(None);
         }
+        // Logs are fetched from the node that runs the pod with that node's credential, and
+        // may hold anything the workload prints: no node reads another's through here.
+        if a.sub == Some("log") {
+            return Err(Some(
+                "a node does not read pod logs through the apiserver".into(),
+            ));
+        }
         return Ok(Restriction::None);
     }
     match (a.res.kind, a.sub, a.verb) {
@@ -401,6 +408,8 @@ mod tests {
             row(&a, "get", "Secret", None, d, Some("s"), "ok"),
             row(&a, "list", "Secret", None, d, None, "403"),
             row(&a, "watch", "Secret", None, None, None, "403"),
+            row(&a, "get", "Pod", Some("log"), d, Some("x"), "403"),
+            row(&admin, "get", "Pod", Some("log"), d, Some("x"), "ok"),
             // Its own Node only.
             row(&a, "create", "Node", None, None, None, "create:a"),
             row(&a, "update", "Node", None, None, Some("a"), "ok"),
