@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy)]
 enum Tok {
     Admin,
+    /// A node credential (of node `n1`), from joining.
     Node,
+    /// The join token itself.
+    Join,
     Wrong,
     Missing,
 }
@@ -377,6 +380,28 @@ fn cases(existing_pod_rv: &str) -> Vec<Case> {
             )
         },
         Case {
+            token: Tok::Join,
+            ..case(
+                "the join token used to list pods",
+                "GET",
+                "/api/v1/namespaces/default/pods",
+                Value::Null,
+                403,
+                "only allows joining",
+            )
+        },
+        Case {
+            token: Tok::Node,
+            ..case(
+                "a node patching another node",
+                "PATCH",
+                "/api/v1/nodes/n2",
+                json!({"metadata": {"labels": {"a": "b"}}}),
+                403,
+                "nodes \"n2\" is forbidden: User \"system:node:n1\" cannot patch resource \"nodes\"",
+            )
+        },
+        Case {
             token: Tok::Node,
             ..case(
                 "a node reading secrets in bulk",
@@ -567,7 +592,11 @@ async fn bad_requests_get_clear_statuses_and_store_nothing() {
     let s = Server::start();
     let http = s.http();
     let admin = s.token();
-    let node = s.node_token();
+    let join = s.node_token();
+    let node = skiff_api::client::join(&s.url(""), &join, "n1")
+        .await
+        .unwrap()
+        .token;
     let created: Value = http
         .post(s.url(PODS))
         .bearer_auth(&admin)
@@ -597,6 +626,7 @@ async fn bad_requests_get_clear_statuses_and_store_nothing() {
         req = match c.token {
             Tok::Admin => req.bearer_auth(&admin),
             Tok::Node => req.bearer_auth(&node),
+            Tok::Join => req.bearer_auth(&join),
             Tok::Wrong => req.bearer_auth("not-the-token"),
             Tok::Missing => req,
         };

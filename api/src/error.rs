@@ -161,6 +161,29 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
+    /// A refusal another component (a node agent) gave, passed on with its code.
+    pub fn passed_through(code: u16, message: impl Into<String>) -> Self {
+        let reason = match code {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            405 => "MethodNotAllowed",
+            406 => "NotAcceptable",
+            409 => "Conflict",
+            410 => "Gone",
+            413 => "RequestEntityTooLarge",
+            415 => "UnsupportedMediaType",
+            422 => "Invalid",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ if code >= 500 => "InternalError",
+            _ => "BadRequest",
+        };
+        Self::new(code, reason, message)
+    }
+
     /// Map a store failure on `name` of `res`.
     pub fn from_store(e: StoreError, res: &Resource, name: &str) -> Self {
         match e {

@@ -5,6 +5,10 @@
 //! into the [`store`] (etcd's model on a redb file), and back out to watchers.
 //! [`server::run`] wires it all together behind TLS; start reading there.
 //!
+//! Nodes join with the token `skiff server` writes ([`token`]), get a credential of their
+//! own, and may then touch only their own objects ([`auth`]); the apiserver reaches a
+//! node agent for pod logs as [`node`] describes.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), skiff_api::server::ServerError> {
 //! use skiff_api::server::{run, ServerConfig};
@@ -21,7 +25,9 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod https;
 pub mod metrics;
+pub mod node;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
@@ -30,4 +36,5 @@ pub mod select;
 pub mod server;
 pub mod store;
 pub mod table;
+pub mod token;
 pub mod validation;

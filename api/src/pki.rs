@@ -1,7 +1,13 @@
-//! First-start credentials: a CA, a serving certificate, the admin and node-join tokens,
-//! and the admin kubeconfig. Everything secret is written with mode 0600; later starts
-//! reuse what is there and re-issue the serving certificate for the current addresses.
+//! First-start credentials: a CA, a serving certificate, the admin token, the node join
+//! token with the key node credentials are derived from, and the admin kubeconfig.
+//! Everything secret is written with mode 0600; later starts reuse what is there and
+//! re-issue the serving certificate for the current addresses.
+//!
+//! Files under the data directory: `pki/ca.crt`, `pki/ca.key`, `pki/server.crt`,
+//! `pki/server.key`, `pki/admin-token`, `pki/node-credential-key` (never leaves the
+//! server), `node-token` (the join token, see [`crate::token`]) and `kubeconfig.yaml`.
 
+use crate::token::JoinToken;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -37,8 +43,12 @@ pub struct Credentials {
     pub key_pem: String,
     /// The admin bearer token.
     pub admin_token: String,
-    /// The node join token.
+    /// The node join token, `skiff1.<CA hash>.<secret>` (what `DATA_DIR/node-token` holds).
     pub node_token: String,
+    /// The secret part of the join token.
+    pub join_secret: String,
+    /// The key node credentials are signed with; it never leaves the server.
+    pub node_key: String,
     /// Where the admin kubeconfig was written.
     pub kubeconfig: PathBuf,
 }
@@ -86,10 +96,40 @@ fn read_or_create(
 }
 
 fn token() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::token::random_secret()
+}
+
+/// The join token to keep in `path`: its secret is the one already there (a plain secret
+/// of an older version, or a `skiff1` token's), or a new one; the CA hash is always the
+/// current CA's. The file is rewritten when that changes what it holds, so an old
+/// data directory moves to the new format and old agents' secret keeps working.
+fn join_token(path: &Path, ca_pem: &str) -> Result<JoinToken, PkiError> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let secret = match JoinToken::parse(&existing) {
+        Ok(t) => t.secret,
+        Err(_)
+            if !existing.is_empty()
+                && !existing.contains(|c: char| c.is_whitespace() || c == '.') =>
+        {
+            existing.clone()
+        }
+        Err(e) => {
+            if !existing.is_empty() {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable join token replaced by a new one");
+            }
+            token()
+        }
+    };
+    let t = JoinToken::new(ca_pem.as_bytes(), &secret);
+    let text = t.to_string();
+    if text != existing {
+        write_private(path, format!("{text}\n").as_bytes())?;
+    }
+    Ok(t)
 }
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
@@ -138,7 +178,8 @@ pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentia
     let admin_token = read_or_create(&pki.join("admin-token"), || Ok(token()))?
         .trim()
         .to_string();
-    let node_token = read_or_create(&dir.join("node-token"), || Ok(token()))?
+    let join = join_token(&dir.join("node-token"), &ca_pem)?;
+    let node_key = read_or_create(&pki.join("node-credential-key"), || Ok(token()))?
         .trim()
         .to_string();
     let kubeconfig = dir.join("kubeconfig.yaml");
@@ -151,9 +192,19 @@ pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentia
         cert_pem,
         key_pem,
         admin_token,
-        node_token,
+        node_token: join.to_string(),
+        join_secret: join.secret,
+        node_key,
         kubeconfig,
     })
+}
+
+impl Credentials {
+    /// The credential of node `node_name` (what `POST /skiff/v1/join` hands out), for a
+    /// node agent that runs inside the server process.
+    pub fn node_credential(&self, node_name: &str) -> String {
+        crate::token::node_credential(self.node_key.as_bytes(), node_name)
+    }
 }
 
 /// A kubeconfig for the admin user.
@@ -181,4 +232,48 @@ contexts:
 current-context: skiff
 "
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_old_plain_node_token_is_rewritten_keeping_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-token"), "0123abcd\n").unwrap();
+        let c = ensure(dir.path(), &["localhost".into()], "https://127.0.0.1:1").unwrap();
+        assert_eq!(c.join_secret, "0123abcd");
+        let file = std::fs::read_to_string(dir.path().join("node-token")).unwrap();
+        assert_eq!(file.trim(), c.node_token);
+        let t = JoinToken::parse(&file).unwrap();
+        assert_eq!(t.secret, "0123abcd");
+        let ca = std::fs::read(dir.path().join("pki/ca.crt")).unwrap();
+        assert_eq!(t.ca_sha256, crate::token::sha256_hex(&ca));
+        // The node credential key is private to the server and stable across starts.
+        let key = dir.path().join("pki/node-credential-key");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = ensure(dir.path(), &["localhost".into()], "https://127.0.0.1:1").unwrap();
+        assert_eq!(again.node_token, c.node_token);
+        assert_eq!(again.node_key, c.node_key);
+        assert_eq!(again.node_credential("n1"), c.node_credential("n1"));
+        assert_ne!(c.node_credential("n1"), c.node_credential("n2"));
+    }
+
+    #[test]
+    fn a_new_data_dir_gets_a_skiff1_join_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ensure(dir.path(), &["localhost".into()], "https://127.0.0.1:1").unwrap();
+        let t = JoinToken::parse(&c.node_token).unwrap();
+        assert_eq!(t.secret, c.join_secret);
+        assert_eq!(t.ca_sha256, crate::token::sha256_hex(c.ca_pem.as_bytes()));
+        let mode = std::fs::metadata(dir.path().join("node-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

@@ -144,7 +144,7 @@ pub async fn run(
     let metrics_store = store.clone();
     let api = Api::with_metrics(
         store.clone(),
-        Auth::new(creds.admin_token.clone(), creds.node_token.clone()),
+        Auth::from_credentials(&creds),
         shutdown_rx,
         Box::new(move || metrics_store.metrics_text()),
     );

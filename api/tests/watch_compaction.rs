@@ -42,7 +42,11 @@ async fn watch_and_continue_from_compacted_history_answer_410() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RedbStore::open(StoreConfig::new(dir.path().join("s.redb"))).unwrap());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let api = Api::new(store.clone(), Auth::new("admin".into(), "node".into()), rx);
+    let api = Api::new(
+        store.clone(),
+        Auth::new("admin".into(), "join".into(), b"key".to_vec()),
+        rx,
+    );
     api.bootstrap().await.unwrap();
     let app = router(api);
     let start = store.revision();

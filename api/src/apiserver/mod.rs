@@ -1,6 +1,7 @@
 //! The HTTP API: one entry point that authenticates, routes Kubernetes paths to verbs on
 //! the store, and renders every refusal as a `Status`.
 
+mod node;
 mod objects;
 mod request;
 mod watch;
@@ -8,7 +9,7 @@ mod watch;
 pub use objects::{DeleteOptions, WriteOptions, now};
 pub use request::{Output, Query, Route, Target, route};
 
-use crate::auth::{Auth, Identity};
+use crate::auth::{self, Attributes, Auth, Identity, Restriction};
 use crate::codec::{self, FieldValidation};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
@@ -169,6 +170,13 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
                 Ok(value_response(StatusCode::OK, &discovery::version())),
             );
         }
+        Route::CaCerts => {
+            return (
+                "get".into(),
+                "cacerts".into(),
+                node::cacerts(api, req.method(), &path),
+            );
+        }
         _ => {}
     }
     let Some(id) = api
@@ -178,11 +186,36 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
         return ("".into(), "".into(), Err(ApiError::unauthorized()));
     };
     let method = req.method().clone();
+    if matches!(route, Route::Join) {
+        return (
+            "create".into(),
+            "join".into(),
+            node::join(api, &id, req).await,
+        );
+    }
     if !matches!(route, Route::Resource(_)) && method != Method::GET {
         return (
             "".into(),
             "".into(),
             Err(ApiError::method_not_allowed(&path)),
+        );
+    }
+    // The join secret opens discovery and the join endpoint, nothing else.
+    if id == Identity::Joining
+        && !matches!(
+            route,
+            Route::Api
+                | Route::Apis
+                | Route::Group(_)
+                | Route::ResourceList(..)
+                | Route::OpenApiIndex
+                | Route::OpenApiDoc(_)
+        )
+    {
+        return (
+            "".into(),
+            "".into(),
+            Err(ApiError::forbidden(auth::join_first_message(&id))),
         );
     }
     let accept = req
@@ -244,16 +277,24 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
                 Some(s) => format!("{}/{s}", t.res.plural),
                 None => t.res.plural.to_string(),
             };
-            let r = match api
-                .auth
-                .authorize(id, &verb, t.res, t.sub.as_deref(), t.ns.as_deref())
-            {
-                Ok(()) => resource(api, id, t, q, &verb, &accept, req).await,
+            let attrs = Attributes {
+                verb: &verb,
+                res: t.res,
+                sub: t.sub.as_deref(),
+                ns: t.ns.as_deref(),
+                name: t.name.as_deref(),
+            };
+            let r = match auth::authorize(&id, &attrs) {
+                Ok(restriction) => {
+                    resource(api, &id, restriction, t.clone(), q, &verb, &accept, req).await
+                }
                 Err(e) => Err(e),
             };
             (verb, label, r)
         }
-        Route::Health | Route::Version => unreachable!("answered above"),
+        Route::Health | Route::Version | Route::CaCerts | Route::Join => {
+            unreachable!("answered above")
+        }
     }
 }
 
@@ -336,9 +377,11 @@ async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
     Ok((ct, buf.freeze()))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn resource(
     api: &Arc<Api>,
-    _id: Identity,
+    id: &Identity,
+    restriction: Restriction,
     t: Target,
     q: Query,
     verb: &str,
@@ -347,6 +390,22 @@ async fn resource(
 ) -> ApiResult<Response> {
     let res = t.res;
     let ns = t.ns.as_deref();
+    let attrs = Attributes {
+        verb,
+        res,
+        sub: t.sub.as_deref(),
+        ns,
+        name: t.name.as_deref(),
+    };
+    // Restrictions are enforced by the create, update, patch and delete arms below; any
+    // other request that carries one is refused rather than let through unchecked.
+    let enforced = matches!(
+        (verb, attrs.sub),
+        ("create", None) | ("update" | "patch", None | Some("status")) | ("delete", None)
+    );
+    if restriction != Restriction::None && !enforced {
+        return Err(auth::forbidden(id, &attrs, None));
+    }
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
     match (verb, t.name.as_deref(), t.sub.as_deref()) {
         ("list", None, None) => {
@@ -385,21 +444,14 @@ async fn resource(
             Ok(value_response(StatusCode::OK, &scale_of(&parse(&kv)?)))
         }
         ("get", Some(name), Some("log")) => {
-            let kv = api.get_kv(res, ns, name)?;
-            let pod = parse(&kv)?;
-            match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                None => Err(ApiError::bad_request(format!(
-                    "pod {name} does not have a host assigned"
-                ))),
-                Some(node) => Err(ApiError::unavailable(format!(
-                    "logs of pod {name} are kept on node {node}, and no node agent serves logs yet"
-                ))),
-            }
+            let ns = ns.unwrap_or_default();
+            node::logs(api, ns, name, req.uri().query()).await
         }
         ("create", None, None) => {
             let dry = q.dry_run()?;
             let (ct, body) = read_body(req).await?;
             let obj = codec::decode(&ct, &body)?;
+            restriction.check_created(id, &attrs, &obj)?;
             let w = api.create(res, ns, obj, fv, dry).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, w.body),
@@ -428,6 +480,7 @@ async fn resource(
                         dry_run: dry,
                     },
                     |cur| {
+                        restriction.check_stored(id, &attrs, cur)?;
                         if finalize {
                             let mut c = cur.clone();
                             c["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
@@ -462,7 +515,10 @@ async fn resource(
                         field_validation: fv,
                         dry_run: dry,
                     },
-                    |cur| patch::apply(kind, cur, &p),
+                    |cur| {
+                        restriction.check_stored(id, &attrs, cur)?;
+                        patch::apply(kind, cur, &p)
+                    },
                 )
                 .await?;
             Ok(with_warnings(
@@ -520,7 +576,15 @@ async fn resource(
         }
         ("delete", Some(name), None) => {
             let (ct, body) = read_body(req).await?;
-            let opts = delete_options(&q, &ct, &body)?;
+            let mut opts = delete_options(&q, &ct, &body)?;
+            if restriction != Restriction::None {
+                let stored = parse(&api.get_kv(res, ns, name)?)?;
+                restriction.check_stored(id, &attrs, &stored)?;
+                // Delete exactly the object checked, not a namesake created since.
+                if opts.uid.is_none() {
+                    opts.uid = stored["metadata"]["uid"].as_str().map(String::from);
+                }
+            }
             let out = api.delete(res, ns, name, opts).await?;
             Ok(json_response(StatusCode::OK, out))
         }

@@ -14,6 +14,10 @@ pub enum Route {
     Version,
     /// `/metrics`.
     Metrics,
+    /// `/cacerts`: the CA certificate, for nodes about to join (no token needed).
+    CaCerts,
+    /// `/skiff/v1/join`: trade the join token for a node credential.
+    Join,
     /// `/api`.
     Api,
     /// `/apis`.
@@ -59,6 +63,8 @@ pub fn route(path: &str) -> Route {
         ["livez" | "readyz" | "healthz", _] => Route::Health,
         ["version"] => Route::Version,
         ["metrics"] => Route::Metrics,
+        ["cacerts"] => Route::CaCerts,
+        ["skiff", "v1", "join"] => Route::Join,
         ["api"] => Route::Api,
         ["apis"] => Route::Apis,
         ["openapi", "v3"] => Route::OpenApiIndex,
