@@ -67,7 +67,13 @@ async fn create_all(s: &Server, token: &str, path: &str, bodies: Vec<Value>) -> 
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(b) = bodies.get(i) else { break };
-                let r = http.post(&url).bearer_auth(&token).json(b).send().await.unwrap();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(b)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
             }
         }));
@@ -99,10 +105,18 @@ fn watch_bindings(
             buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
-                let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
                 let o = &ev["object"];
-                if o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-                    let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                if o["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     if seen.insert(name.clone()) && tx.send((name, Instant::now())).is_err() {
                         return;
                     }
@@ -123,7 +137,10 @@ async fn revision(s: &Server, token: &str) -> String {
         .json()
         .await
         .unwrap();
-    v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -180,10 +197,17 @@ async fn paced(s: &Server, token: &str, rate: u64, total: usize) {
     let mut tasks = Vec::new();
     for i in 0..total {
         tick.tick().await;
-        let (http, url, token, acked) = (http.clone(), url.clone(), token.to_string(), acked.clone());
+        let (http, url, token, acked) =
+            (http.clone(), url.clone(), token.to_string(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let name = format!("paced-{i}");
-            let r = http.post(&url).bearer_auth(&token).json(&pod(&name, i)).send().await.unwrap();
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&pod(&name, i))
+                .send()
+                .await
+                .unwrap();
             let t = Instant::now();
             assert_eq!(r.status(), 201);
             acked.lock().unwrap().insert(name, t);
@@ -194,7 +218,10 @@ async fn paced(s: &Server, token: &str, rate: u64, total: usize) {
     }
     let mut bound = HashMap::new();
     while bound.len() < total {
-        let (name, t) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
+        let (name, t) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         bound.insert(name, t);
     }
     let acked = acked.lock().unwrap();
@@ -214,7 +241,11 @@ async fn paced(s: &Server, token: &str, rate: u64, total: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::var_os("SKIFF_BENCH_QUICK").is_some();
-    let (nodes, pods) = if quick { (1_000, 2_000) } else { (5_000, 10_000) };
+    let (nodes, pods) = if quick {
+        (1_000, 2_000)
+    } else {
+        (5_000, 10_000)
+    };
 
     println!("scheduler inside skiff server (in-process API client):");
     let mut s = Server::start_with(&["--no-scheduler"]);

@@ -69,6 +69,23 @@ enum Command {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Run a node agent: join a Skiff server and run the pods it places here.
+    Agent {
+        /// The server, e.g. `https://10.0.0.1:6443`.
+        #[arg(long)]
+        server: String,
+        /// File holding the server's node join token (`DATA_DIR/node-token` there).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// State directory (pods, artifact cache, Wasm host).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// This node's name (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Run the scheduler alone, against any Kubernetes-compatible apiserver.
     Scheduler {
         /// Kubeconfig of the apiserver to schedule for.
@@ -181,6 +198,28 @@ fn spawn_agent(
             Err(e) => tracing::error!(%node, error = %e, "node agent failed to start"),
         }
     });
+}
+
+/// The local address this machine uses to reach `server_url` (no packet is sent: a
+/// UDP socket is only connected, which picks the route).
+fn local_address_towards(server_url: &str) -> Option<IpAddr> {
+    let rest = server_url.split("://").nth(1).unwrap_or(server_url);
+    let hostport = rest.split('/').next()?;
+    let with_port = if hostport.rsplit(':').next()?.parse::<u16>().is_ok() {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:443")
+    };
+    use std::net::ToSocketAddrs;
+    let target = with_port.to_socket_addrs().ok()?.next()?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip())
 }
 
 fn is_root() -> bool {
@@ -354,7 +393,9 @@ fn main() -> anyhow::Result<()> {
                         } else {
                             bind
                         });
-                        let token = r.credentials.admin_token.clone();
+                        // The embedded agent is a node like any other: its own credential,
+                        // limited to its own Node, Lease and pods.
+                        let token = r.credentials.node_credential(&node_name);
                         let built = skiff_api::client::in_process(r.router.clone(), &token)
                             .map_err(anyhow::Error::from)
                             .and_then(|client| {
@@ -430,6 +471,36 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }),
+        Command::Agent {
+            server,
+            token_file,
+            data_dir,
+            node_name,
+            node,
+        } => {
+            init_logs();
+            let node_name = node_name.unwrap_or_else(hostname);
+            let data_dir = data_dir.unwrap_or_else(|| default_data_dir().join("agent"));
+            let join_token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading the join token {}", token_file.display()))?;
+            runtime()?.block_on(async move {
+                let creds = skiff_api::client::join(&server, join_token.trim(), &node_name)
+                    .await
+                    .with_context(|| format!("joining {server} as node {node_name}"))?;
+                let client =
+                    skiff_api::client::with_token(&creds.server_url, &creds.ca_pem, &creds.token)?;
+                let address = match node.node_ip {
+                    Some(ip) => ip,
+                    None => local_address_towards(&server).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                };
+                let cfg = agent_config(&node, node_name.clone(), data_dir, address, creds.token)?;
+                let (started, run) =
+                    skiff_runtime::agent::start(client, cfg, shutdown_signal()).await?;
+                tracing::info!(node = %node_name, %address, logs = %started.logs_addr, "node agent started");
+                run.await;
+                Ok(())
+            })
+        }
         Command::WasmHost { socket, state_dir } => {
             init_logs();
             runtime()?.block_on(async move {

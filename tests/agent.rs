@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Registry, Server, free_port, guest, kube_client};
+use common::{Agent, Registry, Server, free_port, guest, kube_client};
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use kube::Api;
 use kube::runtime::wait::await_condition;
@@ -177,6 +177,36 @@ async fn a_wasm_service_from_the_registry_serves_on_its_host_port() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "deleting the pod frees its host port"
     );
+
+    // A wasi:cli job: args, env, exit code, and its output through `kubectl logs`.
+    let job = reg.push(&guest("job.wasm"), "skiff/job:1");
+    apply(
+        &s,
+        &pod(
+            "job",
+            &job,
+            "Never",
+            "    args: [\"first\", \"--exit=3\"]\n    env: [{name: GREETING, value: hi there}]\n",
+        ),
+    );
+    let p = wait_for(&pods, "job", "exit 3", |p: &Pod| {
+        terminated(p).is_some_and(|(r, _, code)| r == "Error" && code == 3)
+    })
+    .await;
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Failed"));
+    let logs = s.kubectl_ok(&["logs", "job"]);
+    assert!(logs.contains("argv[1]=first"), "{logs}");
+    assert!(logs.contains("GREETING=hi there"), "{logs}");
+    assert!(logs.contains("this line goes to stderr"), "{logs}");
+    let tail = s.kubectl_ok(&["logs", "job", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let prev = s.kubectl(&["logs", "job", "--previous"]);
+    assert!(!prev.status.success());
+    assert!(
+        String::from_utf8_lossy(&prev.stderr).contains("previous terminated container"),
+        "{}",
+        String::from_utf8_lossy(&prev.stderr)
+    );
 }
 
 const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
@@ -332,8 +362,11 @@ async fn guest_faults_end_in_the_right_reason_and_others_keep_serving() {
 async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
     let reg = Registry::start();
     let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
-    let mut s = Server::start_node("edge-k", &[]);
-    let pods: Api<Pod> = Api::namespaced(kube_client(&s).await, "default");
+    // The control plane alone, and the node as a separate `skiff agent` that joins it.
+    let s = Server::start_with(&[]);
+    let mut agent = Agent::start(&s, "edge-k");
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let port = free_port();
     apply(&s, &hello_pod("steady", &image, port));
     let before = wait_for(&pods, "steady", "Running", running).await;
@@ -361,10 +394,8 @@ async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
             (ok, failed)
         }));
     }
-    s.kill9();
-    s.restart();
-    let client = kube_client(&s).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    agent.kill9();
+    agent.restart();
     // The restarted agent finds the running instance and says so.
     wait_event(&client, "steady", "Adopted").await;
     let after = pods.get("steady").await.unwrap();

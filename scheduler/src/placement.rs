@@ -112,10 +112,11 @@ impl Placer {
         self.prepare_static(&cycle, cluster, sig);
         // The other (dynamic) filters run per node on every cycle.
         self.active_filters.clear();
-        self.active_filters.extend((0..self.framework.filters.len()).filter(|&i| {
-            let f = &self.framework.filters[i];
-            !f.node_static() && f.applies(&cycle)
-        }));
+        self.active_filters
+            .extend((0..self.framework.filters.len()).filter(|&i| {
+                let f = &self.framework.filters[i];
+                !f.node_static() && f.applies(&cycle)
+            }));
         let want = self.feasible_to_find(total);
         self.feasible.clear();
         let start = self.next_start % total;

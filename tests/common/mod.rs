@@ -246,15 +246,84 @@ impl Drop for Server {
         self.kill9();
         // The Wasm host outlives the agent by design; a test's host ends with the test,
         // and so do the network namespaces of its pods.
-        if let Some(pid) = self.wasm_host_pid() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        kill_node_leftovers(&self.agent_dir());
+    }
+}
+
+/// A separate `skiff agent` process joined to a server.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    server_url: String,
+    token_file: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(server: &Server, name: &str) -> Agent {
+        let mut a = Agent {
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            server_url: server.url(""),
+            token_file: server.dir.join("node-token"),
+            child: None,
+        };
+        a.restart();
+        a
+    }
+
+    /// Start (again) on the same state directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the agent first");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--server", &self.server_url, "--token-file"])
+            .arg(&self.token_file)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args([
+                "--node-name",
+                &self.name,
+                "--node-port",
+                "0",
+                "--node-ip",
+                "127.0.0.1",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start skiff agent");
+        self.child = Some(child);
+    }
+
+    /// `kill -9` the agent (its Wasm host lives on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        if let Ok(pods) = std::fs::read_dir(self.agent_dir().join("pods")) {
-            for p in pods.flatten() {
-                let ns = format!("skiff-{}", p.file_name().to_string_lossy());
-                let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
-            }
+    }
+}
+
+fn kill_node_leftovers(agent_dir: &Path) {
+    if let Some(pid) = std::fs::read_to_string(agent_dir.join("wasm-host/wasm-host.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    if let Ok(pods) = std::fs::read_dir(agent_dir.join("pods")) {
+        for p in pods.flatten() {
+            let ns = format!("skiff-{}", p.file_name().to_string_lossy());
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
         }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_node_leftovers(self.dir.path());
     }
 }
 
