@@ -34,7 +34,7 @@ fn client(s: &Server) -> reqwest::Client {
 fn node(i: usize) -> Value {
     let mut labels = json!({"runtime.skiff.dev/wasm": "true", "kubernetes.io/hostname": format!("node-{i}"),
         "topology.kubernetes.io/zone": format!("zone-{}", i % 4)});
-    if i % 3 != 0 {
+    if !i.is_multiple_of(3) {
         labels["runtime.skiff.dev/oci"] = json!("true");
     }
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i}"), "labels": labels},

@@ -26,7 +26,7 @@ fn cluster() -> Cluster {
         );
         // Every node runs Wasm; two in three also run containers.
         n.set_label(&mut c.interner, &runtime_label("wasm"), "true");
-        if i % 3 != 0 {
+        if !i.is_multiple_of(3) {
             n.set_label(&mut c.interner, &runtime_label("oci"), "true");
         }
         n.set_label(
