@@ -135,6 +135,9 @@ struct NodeArgs {
     /// Memory kept back for the system, in MiB.
     #[arg(long, default_value_t = 256)]
     reserved_memory_mib: u64,
+    /// Pods this node takes.
+    #[arg(long, default_value_t = skiff_runtime::node::MAX_PODS)]
+    max_pods: u32,
     /// Extra node label, `key=value` (repeatable).
     #[arg(long = "node-label", value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
@@ -178,6 +181,7 @@ fn agent_config(
         reserved_memory: args.reserved_memory_mib << 20,
         insecure_registries: args.insecure_registries.clone(),
         labels: args.node_labels.iter().cloned().collect(),
+        max_pods: args.max_pods,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,
     })

@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
+    /// Pods this node takes (`pods` in its capacity).
+    pub max_pods: u32,
     /// The `skiff` executable (to start the Wasm host).
     pub exe: PathBuf,
     /// Pod sandboxes.
@@ -302,6 +304,7 @@ pub async fn start(
         reserved_milli_cpu: cfg.reserved_milli_cpu,
         reserved_memory: cfg.reserved_memory,
         labels: cfg.labels.clone(),
+        max_pods: cfg.max_pods,
     };
     let mut keeper = NodeKeeper {
         client: client.clone(),

@@ -24,6 +24,7 @@
 //!     reserved_memory: 256 << 20,
 //!     insecure_registries: vec![],
 //!     labels: Default::default(),
+//!     max_pods: 110,
 //!     exe: std::env::current_exe().unwrap_or_default(),
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
 //! };

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Pods a node takes (the kubelet's default `maxPods`).
+/// Pods a node takes unless told otherwise (the kubelet's default `maxPods`).
 pub const MAX_PODS: u32 = 110;
 
 /// The label a node carries for each runtime it offers.
@@ -102,6 +102,8 @@ pub struct NodeSpec {
     pub reserved_memory: u64,
     /// Extra labels from the command line.
     pub labels: BTreeMap<String, String>,
+    /// Pods this node takes.
+    pub max_pods: u32,
 }
 
 /// Memory pressure below this share of memory available.
@@ -210,7 +212,7 @@ pub fn node_object(
             "memory".to_string(),
             q(format!("{}Ki", machine.memory / 1024)),
         ),
-        ("pods".to_string(), q(MAX_PODS.to_string())),
+        ("pods".to_string(), q(spec.max_pods.to_string())),
     ]);
     let allocatable = BTreeMap::from([
         (
@@ -227,7 +229,7 @@ pub fn node_object(
                 machine.memory.saturating_sub(spec.reserved_memory) / 1024
             )),
         ),
-        ("pods".to_string(), q(MAX_PODS.to_string())),
+        ("pods".to_string(), q(spec.max_pods.to_string())),
     ]);
     Node {
         metadata: ObjectMeta {
@@ -305,6 +307,7 @@ mod tests {
             reserved_milli_cpu: 100,
             reserved_memory: 256 << 20,
             labels: BTreeMap::new(),
+            max_pods: MAX_PODS,
         };
         let conds = conditions(&machine, Some((50, 100)), true);
         let n = node_object(&spec, &machine, conds, vec![]);

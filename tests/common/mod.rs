@@ -256,20 +256,41 @@ pub struct Agent {
     pub name: String,
     server_url: String,
     token_file: PathBuf,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Agent {
     pub fn start(server: &Server, name: &str) -> Agent {
+        Agent::start_with(server, name, &[])
+    }
+
+    /// Same, with more `skiff agent` flags.
+    pub fn start_with(server: &Server, name: &str, extra: &[&str]) -> Agent {
         let mut a = Agent {
             dir: tempfile::tempdir().expect("tempdir"),
             name: name.to_string(),
             server_url: server.url(""),
             token_file: server.dir.join("node-token"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         a.restart();
         a
+    }
+
+    /// Pid of the agent process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Pid of its Wasm host.
+    pub fn wasm_host_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("wasm-host/wasm-host.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Start (again) on the same state directory.
