@@ -212,35 +212,27 @@ pub async fn resolve(
         let value = match &e.value_from {
             None => expand(e.value.as_deref().unwrap_or_default(), &vars),
             Some(src) => {
-                if let Some(r) = &src.config_map_key_ref {
+                let keyed = if let Some(r) = &src.config_map_key_ref {
                     let optional = r.optional.unwrap_or(false);
-                    match config_map_data(objects, ns, &r.name, optional).await? {
-                        None => continue,
-                        Some(d) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(ConfigError(format!(
-                                    "couldn't find key {} in ConfigMap {ns}/{}",
-                                    r.key, r.name
-                                )));
-                            }
-                        },
-                    }
+                    let data = config_map_data(objects, ns, &r.name, optional).await?;
+                    Some((data, &r.key, "ConfigMap", &r.name, optional))
                 } else if let Some(r) = &src.secret_key_ref {
                     let optional = r.optional.unwrap_or(false);
-                    match secret_map(objects, ns, &r.name, optional).await? {
-                        None => continue,
-                        Some(d) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(ConfigError(format!(
-                                    "couldn't find key {} in Secret {ns}/{}",
-                                    r.key, r.name
-                                )));
-                            }
-                        },
+                    let data = secret_map(objects, ns, &r.name, optional).await?;
+                    Some((data, &r.key, "Secret", &r.name, optional))
+                } else {
+                    None
+                };
+                if let Some((data, key, kind, name, optional)) = keyed {
+                    // An optional source or key that is missing leaves the variable unset.
+                    match data.as_ref().map(|d| d.get(key)) {
+                        None | Some(None) if optional => continue,
+                        Some(Some(v)) => v.clone(),
+                        _ => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {key} in {kind} {ns}/{name}"
+                            )));
+                        }
                     }
                 } else if let Some(f) = &src.field_ref {
                     field_ref(pod, &f.field_path, &node.host_ip)?
