@@ -61,7 +61,11 @@ fn watch_running(
         let mut seen = std::collections::HashSet::new();
         let mut stream = std::pin::pin!(watcher(pods, cfg));
         while let Some(ev) = stream.next().await {
-            if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev
+            let Ok(ev) = ev else {
+                // The server went away (the run is over).
+                return;
+            };
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev
                 && is_running(&p)
             {
                 let name = p.metadata.name.unwrap_or_default();

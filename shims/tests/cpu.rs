@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use skiff_shims::{Executor, Limits};
 
-/// This process's user+system CPU time, from /proc/self/stat (clock ticks of 10 ms).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name (which may contain spaces) start at state (field 3).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields[11].parse().unwrap();
-    let stime: u64 = fields[12].parse().unwrap();
-    Duration::from_millis((utime + stime) * 10)
-}
-
 /// CPU share of this process while `id` spins for `window`.
 async fn share_while_running(window: Duration) -> f64 {
     let (cpu0, t0) = (process_cpu(), Instant::now());

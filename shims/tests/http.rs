@@ -164,10 +164,17 @@ async fn stop_frees_the_port_at_once_and_drains() {
 
     // An in-flight request that never finishes: the stop waits for it up to the grace.
     let mut stuck = TcpStream::connect(addr).await.unwrap();
+    let cpu0 = process_cpu();
     stuck
         .write_all(b"GET /loop HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
+    // Its handler is spinning (this process burns CPU) before the stop is asked for.
+    assert!(
+        eventually(Duration::from_secs(5), || process_cpu()
+            >= cpu0 + Duration::from_millis(50))
+        .await
+    );
     let executor = node.executor.clone();
     let stopping =
         tokio::spawn(async move { executor.stop("web", Duration::from_millis(300)).await });

@@ -170,7 +170,14 @@ pub(crate) struct CompileCache {
     engine_key: String,
     compiled: AtomicU64,
     loaded: AtomicU64,
+    /// Recently used compiled artifacts, shared by every container running them: a
+    /// thousand pods of one artifact hold one copy of its machine code, not a thousand.
+    memory: std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
 }
+
+/// Distinct artifacts kept in [`CompileCache::memory`]; beyond this it starts over
+/// (running containers keep their code alive on their own).
+const MEMORY_ENTRIES: usize = 64;
 
 const MAGIC: &[u8; 8] = b"SKIFFCW1";
 const TRAILER: usize = 8 + 4 + 8;
@@ -189,6 +196,7 @@ impl CompileCache {
             engine_key: format!("{:016x}", hasher.finish()),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
+            memory: Default::default(),
         })
     }
 
@@ -216,6 +224,34 @@ impl CompileCache {
     /// Loads the artifact's compiled code from the cache, or compiles and stores it.
     /// Blocking (compilation takes seconds for large artifacts): call off the runtime.
     pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        digest: &str,
+    ) -> Result<Compiled, Error> {
+        let shared = self
+            .memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .cloned();
+        if let Some(c) = shared {
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+            return Ok(c);
+        }
+        let compiled = self.load_or_compile_file(engine, path, digest)?;
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if memory.len() >= MEMORY_ENTRIES {
+            memory.clear();
+        }
+        memory.insert(digest.to_string(), compiled.clone());
+        Ok(compiled)
+    }
+
+    fn load_or_compile_file(
         &self,
         engine: &Engine,
         path: &Path,

@@ -259,3 +259,19 @@ pub const PROXY_COMPONENT: &str = include_str!("../fixtures/proxy.component.wat"
 
 /// The `wasi:cli/command` fixture: prints "hello from a component".
 pub const COMMAND_COMPONENT: &str = include_str!("../fixtures/command.component.wat");
+
+/// This process's user+system CPU time, from /proc/self/stat (clock ticks of 10 ms).
+#[allow(dead_code)]
+pub fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((tick(11) + tick(12)) * 10)
+}
