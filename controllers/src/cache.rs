@@ -68,8 +68,10 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
 
 /// What changed in a cache.
 pub enum Changed<'a, K> {
-    /// One object was added, modified or deleted (the deleted object's last state).
+    /// One object was added or modified.
     One(&'a K),
+    /// One object was deleted (its last state).
+    Gone(&'a K),
     /// The watch (re)listed: anything may have changed.
     All,
 }
@@ -134,9 +136,13 @@ where
         let mut listed = 0;
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                Ok(watcher::Event::Apply(o)) => {
                     bump(revision_of(&o));
                     changed(Changed::One(&o));
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    bump(revision_of(&o));
+                    changed(Changed::Gone(&o));
                 }
                 Ok(watcher::Event::Init) => listed = 0,
                 Ok(watcher::Event::InitApply(o)) => listed = listed.max(revision_of(&o)),

@@ -108,6 +108,22 @@ fn send_matching<K, C>(
     }
 }
 
+/// A pod's change goes to its controller, or, for an orphan, to every ReplicaSet and Job
+/// that could adopt it.
+fn route_pod(p: &Pod, rs_tx: &Tx<ReplicaSet>, job_tx: &Tx<Job>, rss: &Cache<ReplicaSet>, jobs: &Cache<Job>) {
+    let ns = p.namespace();
+    match controller_of(&p.metadata) {
+        Some(o) if o.kind == "ReplicaSet" => send(rs_tx, &o.name, ns.as_deref()),
+        Some(o) if o.kind == "Job" => send(job_tx, &o.name, ns.as_deref()),
+        Some(_) => {}
+        None if terminating(&p.metadata) => {}
+        None => {
+            send_matching(rs_tx, rss, p, |r: &ReplicaSet| r.spec.as_ref().map(|s| &s.selector));
+            send_matching(job_tx, jobs, p, |j: &Job| j.spec.as_ref()?.selector.as_ref());
+        }
+    }
+}
+
 fn spawn_informer<K>(
     informer: Informer<K>,
     route: impl FnMut(Changed<'_, K>) + Send + 'static,
@@ -175,29 +191,28 @@ pub async fn run(
 
     let mut tasks = Vec::new();
     {
-        let (rs_tx, job_tx, rss, jobs) = (
+        let (rs_tx, job_tx, deploy_tx, rss, jobs) = (
             rs_tx.clone(),
             job_tx.clone(),
+            deploy_tx.clone(),
             replicasets.clone(),
             jobs.clone(),
         );
         tasks.push(spawn_informer(pod_informer, move |c| match c {
-            Changed::One(p) => match controller_of(&p.metadata) {
-                Some(o) if o.kind == "ReplicaSet" => {
-                    send(&rs_tx, &o.name, p.namespace().as_deref())
+            Changed::One(p) => route_pod(p, &rs_tx, &job_tx, &rss, &jobs),
+            Changed::Gone(p) => {
+                route_pod(p, &rs_tx, &job_tx, &rss, &jobs);
+                // A Recreate rollout waits for the old pods to be gone, not just counted
+                // out: their owner's Deployment hears of it.
+                if let Some(o) = controller_of(&p.metadata).filter(|o| o.kind == "ReplicaSet") {
+                    let key = ObjectRef::<ReplicaSet>::new(&o.name).within(&p.namespace().unwrap_or_default());
+                    if let Some(rs) = rss.store().get(&key)
+                        && let Some(d) = controller_of(&rs.metadata).filter(|d| d.kind == "Deployment")
+                    {
+                        send(&deploy_tx, &d.name, rs.namespace().as_deref());
+                    }
                 }
-                Some(o) if o.kind == "Job" => send(&job_tx, &o.name, p.namespace().as_deref()),
-                Some(_) => {}
-                None if terminating(&p.metadata) => {}
-                None => {
-                    send_matching(&rs_tx, &rss, p, |r: &ReplicaSet| {
-                        r.spec.as_ref().map(|s| &s.selector)
-                    });
-                    send_matching(&job_tx, &jobs, p, |j: &Job| {
-                        j.spec.as_ref()?.selector.as_ref()
-                    });
-                }
-            },
+            }
             Changed::All => {
                 send_all(&rs_tx, &rss);
                 send_all(&job_tx, &jobs);
@@ -212,7 +227,7 @@ pub async fn run(
             deployments.clone(),
         );
         tasks.push(spawn_informer(rs_informer, move |c| match c {
-            Changed::One(rs) => {
+            Changed::One(rs) | Changed::Gone(rs) => {
                 send_self(&rs_tx, rs);
                 match controller_of(&rs.metadata) {
                     Some(o) if o.kind == "Deployment" => {
@@ -234,14 +249,14 @@ pub async fn run(
     {
         let (deploy_tx, deploys) = (deploy_tx.clone(), deployments.clone());
         tasks.push(spawn_informer(deploy_informer, move |c| match c {
-            Changed::One(d) => send_self(&deploy_tx, d),
+            Changed::One(d) | Changed::Gone(d) => send_self(&deploy_tx, d),
             Changed::All => send_all(&deploy_tx, &deploys),
         }));
     }
     {
         let (job_tx, js) = (job_tx.clone(), jobs.clone());
         tasks.push(spawn_informer(job_informer, move |c| match c {
-            Changed::One(j) => send_self(&job_tx, j),
+            Changed::One(j) | Changed::Gone(j) => send_self(&job_tx, j),
             Changed::All => send_all(&job_tx, &js),
         }));
     }

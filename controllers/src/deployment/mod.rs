@@ -117,10 +117,9 @@ impl Rollout<'_> {
         if from == to && rev_ok && min_ready_ok {
             return Ok(());
         }
-        let mut patch = json!({
-            "metadata": {"resourceVersion": rs.metadata.resource_version},
-            "spec": {"replicas": to},
-        });
+        // Not pinned to the cached resourceVersion: the ReplicaSet controller rewrites the
+        // status all the time, and this controller is the only writer of these fields.
+        let mut patch = json!({"spec": {"replicas": to}});
         if let Some(r) = revision {
             patch["metadata"]["annotations"] = json!({REVISION: r.to_string()});
             patch["spec"]["minReadySeconds"] = json!(min_ready.unwrap_or(0));
