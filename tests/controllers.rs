@@ -50,7 +50,11 @@ fn spawn_kubelet(client: Client) -> tokio::task::JoinHandle<()> {
                 continue;
             }
             let now = serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
-            let status = match p.annotations().get("skiff.test/outcome").map(String::as_str) {
+            let status = match p
+                .annotations()
+                .get("skiff.test/outcome")
+                .map(String::as_str)
+            {
                 Some("Succeeded") => json!({"phase": "Succeeded"}),
                 Some("Failed") => json!({"phase": "Failed"}),
                 _ => json!({"phase": "Running", "conditions": [
@@ -77,7 +81,10 @@ struct Extremes {
     max_live: usize,
 }
 
-fn spawn_monitor(client: Client, selector: &str) -> (Arc<Mutex<Extremes>>, tokio::task::JoinHandle<()>) {
+fn spawn_monitor(
+    client: Client,
+    selector: &str,
+) -> (Arc<Mutex<Extremes>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Extremes::default()));
     let out = seen.clone();
     let api: Api<Pod> = Api::namespaced(client, "default");
@@ -123,7 +130,12 @@ fn spawn_monitor(client: Client, selector: &str) -> (Arc<Mutex<Extremes>>, tokio
 
 async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
 where
-    K: kube::Resource + Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned + Send + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
 {
     let found = tokio::time::timeout(
         WAIT,
@@ -137,7 +149,12 @@ where
 
 async fn wait_deleted<K>(api: &Api<K>, o: &K)
 where
-    K: kube::Resource + Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned + Send + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
 {
     let uid = o.meta().uid.clone().unwrap();
     tokio::time::timeout(
@@ -153,17 +170,20 @@ fn owned_by<'a, K: kube::Resource>(items: &'a [K], uid: &str) -> Vec<&'a K> {
     items
         .iter()
         .filter(|o| {
-            o.meta()
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.uid == uid && r.controller == Some(true) && r.block_owner_deletion == Some(true))
+            o.meta().owner_references.iter().flatten().any(|r| {
+                r.uid == uid && r.controller == Some(true) && r.block_owner_deletion == Some(true)
+            })
         })
         .collect()
 }
 
 fn rollout_status(s: &Server, name: &str) -> String {
-    s.kubectl_ok(&["rollout", "status", &format!("deployment/{name}"), "--timeout=30s"])
+    s.kubectl_ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout=30s",
+    ])
 }
 
 const WEB: &str = "apiVersion: apps/v1
@@ -204,12 +224,31 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     let uid = d.uid().unwrap();
     let status = d.status.clone().unwrap();
     let reason = |d: &Deployment, t: &str| {
-        d.status.as_ref().unwrap().conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).and_then(|c| c.reason.clone())
+        d.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == t)
+            .and_then(|c| c.reason.clone())
     };
-    assert_eq!(reason(&d, "Available").as_deref(), Some("MinimumReplicasAvailable"));
-    assert_eq!(reason(&d, "Progressing").as_deref(), Some("NewReplicaSetAvailable"));
+    assert_eq!(
+        reason(&d, "Available").as_deref(),
+        Some("MinimumReplicasAvailable")
+    );
+    assert_eq!(
+        reason(&d, "Progressing").as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
     assert_eq!(status.observed_generation, d.metadata.generation);
-    assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
+    assert_eq!(
+        d.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
 
     // One ReplicaSet `web-<hash>`, carrying the hash in its selector and template, and
     // two pods named after it, owned by it.
@@ -220,12 +259,33 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     let hash = rs1.labels().get("pod-template-hash").unwrap().clone();
     assert_eq!(rs1.name_any(), format!("web-{hash}"));
     let rs_spec = rs1.spec.as_ref().unwrap();
-    assert_eq!(rs_spec.selector.match_labels.as_ref().unwrap().get("pod-template-hash"), Some(&hash));
-    assert_eq!(rs1.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
-    let pod_list = pods.list(&ListParams::default().labels("app=web")).await.unwrap().items;
+    assert_eq!(
+        rs_spec
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()
+            .get("pod-template-hash"),
+        Some(&hash)
+    );
+    assert_eq!(
+        rs1.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
+    let pod_list = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(owned_by(&pod_list, &rs1.uid().unwrap()).len(), 2);
     for p in &pod_list {
-        assert!(p.name_any().starts_with(&format!("web-{hash}-")), "{}", p.name_any());
+        assert!(
+            p.name_any().starts_with(&format!("web-{hash}-")),
+            "{}",
+            p.name_any()
+        );
         assert_eq!(p.labels().get("pod-template-hash"), Some(&hash));
     }
 
@@ -233,17 +293,25 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     s.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"]);
     rollout_status(&s, "web");
     wait_for(&deploys, "web", "3 available", |d: &Deployment| {
-        d.status.as_ref().is_some_and(|s| s.available_replicas == Some(3) && s.replicas == Some(3))
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.available_replicas == Some(3) && s.replicas == Some(3))
     })
     .await;
     s.kubectl_ok(&["scale", "deployment", "web", "--replicas=1"]);
     wait_for(&deploys, "web", "1 replica", |d: &Deployment| {
         d.status.as_ref().is_some_and(|s| {
-            s.replicas == Some(1) && s.available_replicas == Some(1) && s.observed_generation == d.metadata.generation
+            s.replicas == Some(1)
+                && s.available_replicas == Some(1)
+                && s.observed_generation == d.metadata.generation
         })
     })
     .await;
-    let left = pods.list(&ListParams::default().labels("app=web")).await.unwrap().items;
+    let left = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(left.len(), 1, "{left:#?}");
     s.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"]);
     rollout_status(&s, "web");
@@ -255,30 +323,51 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     let out = rollout_status(&s, "web");
     assert!(out.contains("successfully rolled out"), "{out}");
     let d = wait_for(&deploys, "web", "revision 2", |d: &Deployment| {
-        d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str) == Some("2")
+        d.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str)
+            == Some("2")
     })
     .await;
     assert_eq!(d.status.as_ref().unwrap().updated_replicas, Some(3));
     monitor.abort();
     let seen = std::mem::take(&mut *extremes.lock().unwrap());
-    assert!(seen.min_ready.is_some_and(|m| m >= 3), "ready pods dropped below 3: {seen:?}");
+    assert!(
+        seen.min_ready.is_some_and(|m| m >= 3),
+        "ready pods dropped below 3: {seen:?}"
+    );
     let rs_list = sets.list(&ListParams::default()).await.unwrap().items;
     let owned = owned_by(&rs_list, &uid);
     assert_eq!(owned.len(), 2, "{rs_list:#?}");
     let rs2 = owned.iter().find(|r| r.uid() != rs1.uid()).unwrap();
     assert_ne!(rs2.labels().get("pod-template-hash"), Some(&hash));
-    assert_eq!(rs2.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("2"));
+    assert_eq!(
+        rs2.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("2")
+    );
     assert_eq!(rs2.spec.as_ref().unwrap().replicas, Some(3));
     let old = wait_for(&sets, &rs1.name_any(), "old set at 0", |r: &ReplicaSet| {
-        r.spec.as_ref().unwrap().replicas == Some(0) && r.status.as_ref().is_some_and(|s| s.replicas == 0)
+        r.spec.as_ref().unwrap().replicas == Some(0)
+            && r.status.as_ref().is_some_and(|s| s.replicas == 0)
     })
     .await;
-    assert_eq!(old.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("1"));
+    assert_eq!(
+        old.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
     let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
 
     // Deleting the Deployment takes its ReplicaSets and pods with it.
-    let pod_list = pods.list(&ListParams::default().labels("app=web")).await.unwrap().items;
+    let pod_list = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(pod_list.len(), 3);
     s.kubectl_ok(&["delete", "deployment", "web"]);
     for rs in &owned {
@@ -335,25 +424,49 @@ async fn jobs_complete_or_fail_on_their_pods() {
 
     // Two completions, one at a time: complete once both pods succeeded.
     apply(&s, &job("done", 2, 1, 6, "Succeeded"));
-    let out = s.kubectl_ok(&["wait", "--for=condition=complete", "job/done", "--timeout=30s"]);
+    let out = s.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/done",
+        "--timeout=30s",
+    ]);
     assert!(out.contains("condition met"), "{out}");
     let j = jobs.get("done").await.unwrap();
     let st = j.status.clone().unwrap();
-    assert_eq!((st.succeeded, st.failed, st.active), (Some(2), Some(0), Some(0)));
+    assert_eq!(
+        (st.succeeded, st.failed, st.active),
+        (Some(2), Some(0), Some(0))
+    );
     assert!(st.start_time.is_some() && st.completion_time.is_some());
-    let types: Vec<&str> = st.conditions.iter().flatten().filter(|c| c.status == "True").map(|c| c.type_.as_str()).collect();
-    assert!(types.contains(&"SuccessCriteriaMet") && types.contains(&"Complete"), "{types:?}");
+    let types: Vec<&str> = st
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status == "True")
+        .map(|c| c.type_.as_str())
+        .collect();
+    assert!(
+        types.contains(&"SuccessCriteriaMet") && types.contains(&"Complete"),
+        "{types:?}"
+    );
     let row = s.kubectl_ok(&["get", "jobs", "done", "--no-headers"]);
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[..3], ["done", "Complete", "2/2"], "{row}");
     // The finished pods stay, labelled as Kubernetes labels them.
-    let finished = pods.list(&ListParams::default().labels("job-name=done")).await.unwrap().items;
+    let finished = pods
+        .list(&ListParams::default().labels("job-name=done"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(finished.len(), 2, "{finished:#?}");
     let uid = j.uid().unwrap();
     assert_eq!(owned_by(&finished, &uid).len(), 2);
     for p in &finished {
         let l = p.labels();
-        assert_eq!(l.get("batch.kubernetes.io/job-name").map(String::as_str), Some("done"));
+        assert_eq!(
+            l.get("batch.kubernetes.io/job-name").map(String::as_str),
+            Some("done")
+        );
         assert_eq!(l.get("batch.kubernetes.io/controller-uid"), Some(&uid));
         assert_eq!(l.get("controller-uid"), Some(&uid));
         assert!(p.name_any().starts_with("done-"));
@@ -361,17 +474,35 @@ async fn jobs_complete_or_fail_on_their_pods() {
 
     // Every pod fails: after more than backoffLimit (1) failures the Job fails.
     apply(&s, &job("doomed", 1, 1, 1, "Failed"));
-    let out = s.kubectl_ok(&["wait", "--for=condition=failed", "job/doomed", "--timeout=30s"]);
+    let out = s.kubectl_ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/doomed",
+        "--timeout=30s",
+    ]);
     assert!(out.contains("condition met"), "{out}");
     let j = wait_for(&jobs, "doomed", "failed", |j: &Job| {
         j.status.as_ref().is_some_and(|s| s.failed == Some(2))
     })
     .await;
-    let failed = j.status.as_ref().unwrap().conditions.iter().flatten().find(|c| c.type_ == "Failed").cloned().unwrap();
+    let failed = j
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .cloned()
+        .unwrap();
     assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
     let row = s.kubectl_ok(&["get", "jobs", "doomed", "--no-headers"]);
     assert!(row.contains("Failed") && row.contains("0/1"), "{row}");
-    let tried = pods.list(&ListParams::default().labels("job-name=doomed")).await.unwrap().items;
+    let tried = pods
+        .list(&ListParams::default().labels("job-name=doomed"))
+        .await
+        .unwrap()
+        .items;
     assert_eq!(tried.len(), 2, "{tried:#?}");
 }
 
@@ -406,13 +537,23 @@ spec:
         .spawn()
         .unwrap();
     let rs = wait_for(&sets, "solo", "2 replicas", |r: &ReplicaSet| {
-        r.status.as_ref().is_some_and(|s| s.replicas == 2 && s.observed_generation == Some(1))
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.replicas == 2 && s.observed_generation == Some(1))
     })
     .await;
     let _ = controllers.kill();
     let _ = controllers.wait();
-    let list = pods.list(&ListParams::default().labels("app=solo")).await.unwrap().items;
-    assert_eq!(list.len(), 2, "the orphan counts as one of the two: {list:#?}");
+    let list = pods
+        .list(&ListParams::default().labels("app=solo"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        list.len(),
+        2,
+        "the orphan counts as one of the two: {list:#?}"
+    );
     assert_eq!(owned_by(&list, &rs.uid().unwrap()).len(), 2);
     assert!(list.iter().any(|p| p.name_any() == "stray"));
 }

@@ -110,7 +110,13 @@ fn send_matching<K, C>(
 
 /// A pod's change goes to its controller, or, for an orphan, to every ReplicaSet and Job
 /// that could adopt it.
-fn route_pod(p: &Pod, rs_tx: &Tx<ReplicaSet>, job_tx: &Tx<Job>, rss: &Cache<ReplicaSet>, jobs: &Cache<Job>) {
+fn route_pod(
+    p: &Pod,
+    rs_tx: &Tx<ReplicaSet>,
+    job_tx: &Tx<Job>,
+    rss: &Cache<ReplicaSet>,
+    jobs: &Cache<Job>,
+) {
     let ns = p.namespace();
     match controller_of(&p.metadata) {
         Some(o) if o.kind == "ReplicaSet" => send(rs_tx, &o.name, ns.as_deref()),
@@ -118,8 +124,12 @@ fn route_pod(p: &Pod, rs_tx: &Tx<ReplicaSet>, job_tx: &Tx<Job>, rss: &Cache<Repl
         Some(_) => {}
         None if terminating(&p.metadata) => {}
         None => {
-            send_matching(rs_tx, rss, p, |r: &ReplicaSet| r.spec.as_ref().map(|s| &s.selector));
-            send_matching(job_tx, jobs, p, |j: &Job| j.spec.as_ref()?.selector.as_ref());
+            send_matching(rs_tx, rss, p, |r: &ReplicaSet| {
+                r.spec.as_ref().map(|s| &s.selector)
+            });
+            send_matching(job_tx, jobs, p, |j: &Job| {
+                j.spec.as_ref()?.selector.as_ref()
+            });
         }
     }
 }
@@ -205,9 +215,11 @@ pub async fn run(
                 // A Recreate rollout waits for the old pods to be gone, not just counted
                 // out: their owner's Deployment hears of it.
                 if let Some(o) = controller_of(&p.metadata).filter(|o| o.kind == "ReplicaSet") {
-                    let key = ObjectRef::<ReplicaSet>::new(&o.name).within(&p.namespace().unwrap_or_default());
+                    let key = ObjectRef::<ReplicaSet>::new(&o.name)
+                        .within(&p.namespace().unwrap_or_default());
                     if let Some(rs) = rss.store().get(&key)
-                        && let Some(d) = controller_of(&rs.metadata).filter(|d| d.kind == "Deployment")
+                        && let Some(d) =
+                            controller_of(&rs.metadata).filter(|d| d.kind == "Deployment")
                     {
                         send(&deploy_tx, &d.name, rs.namespace().as_deref());
                     }
