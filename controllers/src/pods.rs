@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn surplus_pods_go_in_kubernetes_order() {
-        let mut pods = vec![
+        let mut pods = [
             pod("old-ready", true, "Running", Some(10), 0, 0),
             pod("new-ready", true, "Running", Some(50), 0, 40),
             pod("unscheduled", false, "Pending", None, 0, 0),

@@ -335,9 +335,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             }
         }
         if recreate {
-            for i in 0..sets.len() {
+            for (i, rs) in sets.iter_mut().enumerate() {
                 if Some(i) != new_idx {
-                    r.scale(&mut sets[i], 0, None).await?;
+                    r.scale(rs, 0, None).await?;
                 }
             }
             if let Some(i) = new_idx

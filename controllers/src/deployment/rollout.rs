@@ -180,7 +180,8 @@ mod tests {
             available,
         };
         // old, new replicas, new available, replicas, maxUnavailable -> sizes
-        let cases: Vec<(Vec<Old>, i32, i32, i32, i32, Vec<i32>)> = vec![
+        type Case = (Vec<Old>, i32, i32, i32, i32, Vec<i32>);
+        let cases: Vec<Case> = vec![
             // Surge 1, nothing new available yet: nothing may go.
             (vec![o(3, 3)], 1, 0, 3, 0, vec![3]),
             // The new pod is available: one old one may go.
