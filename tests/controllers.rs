@@ -33,12 +33,25 @@ fn apply(s: &Server, yaml: &str) -> String {
     s.kubectl_ok(&["apply", "-f", f.path().to_str().unwrap()])
 }
 
+/// A background task, stopped when this is dropped (before the server it talks to).
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Plays the kubelet for every pod: the first time it sees a pending pod it reports the
 /// outcome its `skiff.test/outcome` annotation names (default: Running and Ready).
-fn spawn_kubelet(client: Client) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+fn spawn_kubelet(client: Client) -> Task {
+    Task(tokio::spawn(async move {
         let all: Api<Pod> = Api::all(client.clone());
-        let mut pods = std::pin::pin!(watcher(all, watcher::Config::default()).applied_objects());
+        let mut pods = std::pin::pin!(
+            watcher(all, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+        );
         while let Some(ev) = pods.next().await {
             let Ok(p) = ev else { continue };
             let pending = p
@@ -70,7 +83,7 @@ fn spawn_kubelet(client: Client) -> tokio::task::JoinHandle<()> {
                 )
                 .await;
         }
-    })
+    }))
 }
 
 /// Watches the pods labelled `selector` and records the fewest ready ones and the most
@@ -81,10 +94,7 @@ struct Extremes {
     max_live: usize,
 }
 
-fn spawn_monitor(
-    client: Client,
-    selector: &str,
-) -> (Arc<Mutex<Extremes>>, tokio::task::JoinHandle<()>) {
+fn spawn_monitor(client: Client, selector: &str) -> (Arc<Mutex<Extremes>>, Task) {
     let seen = Arc::new(Mutex::new(Extremes::default()));
     let out = seen.clone();
     let api: Api<Pod> = Api::namespaced(client, "default");
@@ -92,7 +102,7 @@ fn spawn_monitor(
     let task = tokio::spawn(async move {
         let mut pods: HashMap<String, Pod> = HashMap::new();
         let mut synced = false;
-        let mut events = std::pin::pin!(watcher(api, cfg));
+        let mut events = std::pin::pin!(watcher(api, cfg).default_backoff());
         while let Some(ev) = events.next().await {
             match ev {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
@@ -125,7 +135,7 @@ fn spawn_monitor(
             s.max_live = s.max_live.max(live.len());
         }
     });
-    (out, task)
+    (out, Task(task))
 }
 
 async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
@@ -330,7 +340,7 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     })
     .await;
     assert_eq!(d.status.as_ref().unwrap().updated_replicas, Some(3));
-    monitor.abort();
+    drop(monitor);
     let seen = std::mem::take(&mut *extremes.lock().unwrap());
     assert!(
         seen.min_ready.is_some_and(|m| m >= 3),
