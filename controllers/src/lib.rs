@@ -1,16 +1,16 @@
-//! Skiff's workload controllers: the ReplicaSet, Deployment and Job reconcilers that turn
-//! those objects into Pods, as ordinary API clients (in `skiff server`, or alone as
+//! Skiff's workload controllers: the ReplicaSet, Deployment, Job and DaemonSet reconcilers
+//! that turn those objects into Pods, as ordinary API clients (in `skiff server`, or alone as
 //! `skiff controllers --kubeconfig FILE`, against any Kubernetes-compatible apiserver).
 //!
 //! Start reading at [`run::run`]: it fills one shared cache per kind ([`cache`]: one
 //! writer, many readers), routes each change to the controllers that care, and drives
 //! one kube-runtime reconcile loop per kind. Each reconcile — [`replicaset::reconcile`],
-//! [`deployment::reconcile`], [`job::reconcile`] — has the kube-runtime shape
+//! [`deployment::reconcile`], [`job::reconcile`], [`daemonset::reconcile`] — has the kube-runtime shape
 //! `reconcile(object, ctx) -> Action`: it compares what is with what should be and makes
 //! one step, and running it twice is harmless because it waits until the caches show its
 //! own earlier writes ([`expectations`]). The decisions themselves are pure functions with
 //! table tests: [`pods::deletion_order`], [`deployment::rollout`],
-//! [`deployment::hash::template_hash`], [`job::verdict`].
+//! [`deployment::hash::template_hash`], [`job::verdict`], [`daemonset::plan`].
 //!
 //! ```
 //! use skiff_controllers::deployment::rollout::{fenceposts, new_replicas};
@@ -26,6 +26,7 @@
 
 pub mod cache;
 pub mod children;
+pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
 pub mod job;
@@ -47,6 +48,9 @@ pub enum Error {
     /// A Job reconcile failed.
     #[error(transparent)]
     Job(#[from] job::Error),
+    /// A DaemonSet reconcile failed.
+    #[error(transparent)]
+    DaemonSet(#[from] daemonset::Error),
     /// The controllers could not run.
     #[error(transparent)]
     Run(#[from] run::RunError),

@@ -10,12 +10,13 @@
 use crate::cache::{Cache, Changed, Informer, informer};
 use crate::expectations::Expectations;
 use crate::pods::{Matcher, controller_of, terminating};
-use crate::{deployment, job, replicaset};
+use crate::{daemonset, deployment, job, replicaset};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::runtime::controller::{self, Action, ReconcileRequest, applier};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -50,6 +51,10 @@ pub struct Context {
     pub pods: Cache<Pod>,
     /// All replica sets.
     pub replicasets: Cache<ReplicaSet>,
+    /// All nodes (where daemon sets run).
+    pub nodes: Cache<Node>,
+    /// All runtime classes (their node selectors narrow where daemon sets run).
+    pub runtime_classes: Cache<RuntimeClass>,
     /// Writes not yet seen in the caches, by owner uid.
     pub expectations: Expectations,
     /// Events about the workloads.
@@ -108,27 +113,35 @@ fn send_matching<K, C>(
     }
 }
 
-/// A pod's change goes to its controller, or, for an orphan, to every ReplicaSet and Job
-/// that could adopt it.
-fn route_pod(
-    p: &Pod,
-    rs_tx: &Tx<ReplicaSet>,
-    job_tx: &Tx<Job>,
-    rss: &Cache<ReplicaSet>,
-    jobs: &Cache<Job>,
-) {
+/// Where pod changes go.
+struct PodRoutes {
+    rs_tx: Tx<ReplicaSet>,
+    job_tx: Tx<Job>,
+    ds_tx: Tx<DaemonSet>,
+    rss: Cache<ReplicaSet>,
+    jobs: Cache<Job>,
+    dss: Cache<DaemonSet>,
+}
+
+/// A pod's change goes to its controller, or, for an orphan, to every ReplicaSet, Job
+/// and DaemonSet that could adopt it.
+fn route_pod(p: &Pod, to: &PodRoutes) {
     let ns = p.namespace();
     match controller_of(&p.metadata) {
-        Some(o) if o.kind == "ReplicaSet" => send(rs_tx, &o.name, ns.as_deref()),
-        Some(o) if o.kind == "Job" => send(job_tx, &o.name, ns.as_deref()),
+        Some(o) if o.kind == "ReplicaSet" => send(&to.rs_tx, &o.name, ns.as_deref()),
+        Some(o) if o.kind == "Job" => send(&to.job_tx, &o.name, ns.as_deref()),
+        Some(o) if o.kind == "DaemonSet" => send(&to.ds_tx, &o.name, ns.as_deref()),
         Some(_) => {}
         None if terminating(&p.metadata) => {}
         None => {
-            send_matching(rs_tx, rss, p, |r: &ReplicaSet| {
+            send_matching(&to.rs_tx, &to.rss, p, |r: &ReplicaSet| {
                 r.spec.as_ref().map(|s| &s.selector)
             });
-            send_matching(job_tx, jobs, p, |j: &Job| {
+            send_matching(&to.job_tx, &to.jobs, p, |j: &Job| {
                 j.spec.as_ref()?.selector.as_ref()
+            });
+            send_matching(&to.ds_tx, &to.dss, p, |d: &DaemonSet| {
+                d.spec.as_ref().map(|s| &s.selector)
             });
         }
     }
@@ -184,8 +197,8 @@ async fn drive<K, E, F>(
         .await;
 }
 
-/// Run the ReplicaSet, Deployment and Job controllers through `client` until `stop`
-/// resolves.
+/// Run the ReplicaSet, Deployment, Job and DaemonSet controllers through `client` until
+/// `stop` resolves.
 pub async fn run(
     client: Client,
     config: Config,
@@ -195,29 +208,35 @@ pub async fn run(
     let (replicasets, rs_informer) = informer(Api::<ReplicaSet>::all(client.clone()));
     let (deployments, deploy_informer) = informer(Api::<Deployment>::all(client.clone()));
     let (jobs, job_informer) = informer(Api::<Job>::all(client.clone()));
+    let (daemonsets, ds_informer) = informer(Api::<DaemonSet>::all(client.clone()));
+    let (nodes, node_informer) = informer(Api::<Node>::all(client.clone()));
+    let (classes, class_informer) = informer(Api::<RuntimeClass>::all(client.clone()));
     let (rs_tx, rs_rx) = mpsc::unbounded();
     let (deploy_tx, deploy_rx) = mpsc::unbounded();
     let (job_tx, job_rx) = mpsc::unbounded();
+    let (ds_tx, ds_rx) = mpsc::unbounded();
 
     let mut tasks = Vec::new();
     {
-        let (rs_tx, job_tx, deploy_tx, rss, jobs) = (
-            rs_tx.clone(),
-            job_tx.clone(),
-            deploy_tx.clone(),
-            replicasets.clone(),
-            jobs.clone(),
-        );
+        let to = PodRoutes {
+            rs_tx: rs_tx.clone(),
+            job_tx: job_tx.clone(),
+            ds_tx: ds_tx.clone(),
+            rss: replicasets.clone(),
+            jobs: jobs.clone(),
+            dss: daemonsets.clone(),
+        };
+        let deploy_tx = deploy_tx.clone();
         tasks.push(spawn_informer(pod_informer, move |c| match c {
-            Changed::One(p) => route_pod(p, &rs_tx, &job_tx, &rss, &jobs),
+            Changed::One(p) => route_pod(p, &to),
             Changed::Gone(p) => {
-                route_pod(p, &rs_tx, &job_tx, &rss, &jobs);
+                route_pod(p, &to);
                 // A Recreate rollout waits for the old pods to be gone, not just counted
                 // out: their owner's Deployment hears of it.
                 if let Some(o) = controller_of(&p.metadata).filter(|o| o.kind == "ReplicaSet") {
                     let key = ObjectRef::<ReplicaSet>::new(&o.name)
                         .within(&p.namespace().unwrap_or_default());
-                    if let Some(rs) = rss.store().get(&key)
+                    if let Some(rs) = to.rss.store().get(&key)
                         && let Some(d) =
                             controller_of(&rs.metadata).filter(|d| d.kind == "Deployment")
                     {
@@ -226,8 +245,9 @@ pub async fn run(
                 }
             }
             Changed::All => {
-                send_all(&rs_tx, &rss);
-                send_all(&job_tx, &jobs);
+                send_all(&to.rs_tx, &to.rss);
+                send_all(&to.job_tx, &to.jobs);
+                send_all(&to.ds_tx, &to.dss);
             }
         }));
     }
@@ -272,6 +292,22 @@ pub async fn run(
             Changed::All => send_all(&job_tx, &js),
         }));
     }
+    {
+        let (tx, dss) = (ds_tx.clone(), daemonsets.clone());
+        tasks.push(spawn_informer(ds_informer, move |c| match c {
+            Changed::One(d) | Changed::Gone(d) => send_self(&tx, d),
+            Changed::All => send_all(&tx, &dss),
+        }));
+    }
+    // Any node or runtime class change may change where every daemon set runs.
+    {
+        let (tx, dss) = (ds_tx.clone(), daemonsets.clone());
+        tasks.push(spawn_informer(node_informer, move |_| send_all(&tx, &dss)));
+    }
+    {
+        let (tx, dss) = (ds_tx.clone(), daemonsets.clone());
+        tasks.push(spawn_informer(class_informer, move |_| send_all(&tx, &dss)));
+    }
     let abort = || {
         for t in &tasks {
             t.abort();
@@ -286,6 +322,9 @@ pub async fn run(
         let _ = replicasets.store().wait_until_ready().await;
         let _ = deployments.store().wait_until_ready().await;
         let _ = jobs.store().wait_until_ready().await;
+        let _ = daemonsets.store().wait_until_ready().await;
+        let _ = nodes.store().wait_until_ready().await;
+        let _ = classes.store().wait_until_ready().await;
     };
     tokio::select! {
         _ = synced => {}
@@ -301,9 +340,11 @@ pub async fn run(
         client,
         pods,
         replicasets: replicasets.clone(),
+        nodes,
+        runtime_classes: classes,
         expectations: Expectations::default(),
     });
-    let loops = futures::future::join3(
+    let loops = futures::future::join4(
         drive(
             "ReplicaSet",
             replicaset::reconcile,
@@ -318,7 +359,8 @@ pub async fn run(
             deployments,
             deploy_rx,
         ),
-        drive("Job", job::reconcile, ctx, jobs, job_rx),
+        drive("Job", job::reconcile, ctx.clone(), jobs, job_rx),
+        drive("DaemonSet", daemonset::reconcile, ctx, daemonsets, ds_rx),
     );
     tokio::select! {
         _ = loops => {}
