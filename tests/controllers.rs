@@ -11,7 +11,7 @@ mod common;
 
 use common::{Server, kube_client};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -42,9 +42,14 @@ impl Drop for Task {
     }
 }
 
-/// Plays the kubelet for every pod: the first time it sees a pending pod it reports the
-/// outcome its `skiff.test/outcome` annotation names (default: Running and Ready).
+/// Plays the kubelet for every pod (`bound_only`: for pods bound to a node): the first
+/// time it sees a pending pod it reports the outcome its `skiff.test/outcome` annotation
+/// names (default: Running and Ready); a pod being deleted it deletes for good.
 fn spawn_kubelet(client: Client) -> Task {
+    kubelet(client, false)
+}
+
+fn kubelet(client: Client, bound_only: bool) -> Task {
     Task(tokio::spawn(async move {
         let all: Api<Pod> = Api::all(client.clone());
         let mut pods = std::pin::pin!(
@@ -59,7 +64,14 @@ fn spawn_kubelet(client: Client) -> Task {
                 .as_ref()
                 .and_then(|s| s.phase.as_deref())
                 .is_none_or(|ph| ph == "Pending");
-            if p.metadata.deletion_timestamp.is_some() || !pending {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace().unwrap());
+            let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            if p.metadata.deletion_timestamp.is_some() {
+                let now = kube::api::DeleteParams::default().grace_period(0);
+                let _ = api.delete(&p.name_any(), &now).await;
+                continue;
+            }
+            if !pending || (bound_only && !bound) {
                 continue;
             }
             let now = serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
@@ -74,7 +86,6 @@ fn spawn_kubelet(client: Client) -> Task {
                     {"type": "Ready", "status": "True", "lastTransitionTime": now},
                 ]}),
             };
-            let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace().unwrap());
             let _ = api
                 .patch_status(
                     &p.name_any(),
@@ -566,4 +577,120 @@ spec:
     );
     assert_eq!(owned_by(&list, &rs.uid().unwrap()).len(), 2);
     assert!(list.iter().any(|p| p.name_any() == "stray"));
+}
+
+fn node(name: &str, labels: &str, taints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\nspec:\n  taints: [{taints}]\nstatus:\n  capacity: {{cpu: \"2\", memory: 1Gi, pods: \"20\"}}\n  allocatable: {{cpu: \"2\", memory: 1Gi, pods: \"20\"}}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\n"
+    )
+}
+
+const WASM: &str = "runtime.skiff.dev/wasm: \"true\"";
+
+const AGENT: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: agent
+        image: registry.local/agent:1
+        resources: {requests: {cpu: 100m, memory: 32Mi}}
+";
+
+fn placement(pods: &[Pod]) -> Vec<String> {
+    let mut nodes: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
+    // With the scheduler: daemon pods are pinned by node affinity and bound by it.
+    let s = Server::start_with(&[]);
+    let client = kube_client(&s).await;
+    let _kubelet = kubelet(client.clone(), true);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    apply(
+        &s,
+        &[
+            node("n1", WASM, ""),
+            node("n2", WASM, ""),
+            node(
+                "tainted",
+                WASM,
+                "{key: dedicated, value: x, effect: NoSchedule}",
+            ),
+            node("oci", "runtime.skiff.dev/oci: \"true\"", ""),
+        ]
+        .concat(),
+    );
+    apply(&s, AGENT);
+    let out = s.kubectl_ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let row = s.kubectl_ok(&["get", "ds", "agent", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..6], ["agent", "2", "2", "2", "2", "2"], "{row}");
+    let list = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(placement(&list), ["n1", "n2"], "{list:#?}");
+
+    // A new Wasm node gets its pod.
+    apply(&s, &node("n3", WASM, ""));
+    wait_for(&daemonsets, "agent", "3 available", |d: &DaemonSet| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.desired_number_scheduled == 3 && s.number_available == Some(3))
+    })
+    .await;
+    let list = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(placement(&list), ["n1", "n2", "n3"], "{list:#?}");
+    let old_hash = list[0]
+        .labels()
+        .get("controller-revision-hash")
+        .cloned()
+        .unwrap();
+
+    // A restart replaces the pods one node at a time (maxUnavailable 1).
+    let (extremes, monitor) = spawn_monitor(client.clone(), "app=agent");
+    s.kubectl_ok(&["rollout", "restart", "ds/agent"]);
+    let out = s.kubectl_ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    drop(monitor);
+    let seen = std::mem::take(&mut *extremes.lock().unwrap());
+    assert!(
+        seen.min_ready.is_some_and(|m| m >= 2),
+        "more than one node went without a ready pod: {seen:?}"
+    );
+    let list = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap()
+        .items;
+    let live: Vec<&Pod> = list
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3, "{list:#?}");
+    assert!(
+        live.iter()
+            .all(|p| p.labels().get("controller-revision-hash") != Some(&old_hash))
+    );
+    assert_eq!(placement(&list), ["n1", "n2", "n3"]);
 }
