@@ -383,6 +383,25 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
     let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
 
+    // Undo brings the first ReplicaSet back, as revision 3.
+    s.kubectl_ok(&["rollout", "undo", "deployment/web"]);
+    let out = rollout_status(&s, "web");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let back = wait_for(
+        &sets,
+        &rs1.name_any(),
+        "first set back at 3",
+        |r: &ReplicaSet| {
+            r.spec.as_ref().unwrap().replicas == Some(3)
+                && r.annotations()
+                    .get("deployment.kubernetes.io/revision")
+                    .map(String::as_str)
+                    == Some("3")
+        },
+    )
+    .await;
+    assert_eq!(back.uid(), rs1.uid());
+
     // Deleting the Deployment takes its ReplicaSets and pods with it.
     let pod_list = pods
         .list(&ListParams::default().labels("app=web"))

@@ -30,6 +30,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Pods created at once at most, per reconcile (the rest wait for the next one).
+const BURST: usize = 500;
+
 /// The label carrying the hash of the template a pod was made from.
 pub const HASH_LABEL: &str = "controller-revision-hash";
 
@@ -378,7 +381,9 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
             }
         },
     };
-    let mut by_node: HashMap<&str, (Vec<Arc<Pod>>, Vec<Arc<Pod>>)> = HashMap::new();
+    // Per node: (active pods, failed pods).
+    type OnNode = (Vec<Arc<Pod>>, Vec<Arc<Pod>>);
+    let mut by_node: HashMap<&str, OnNode> = HashMap::new();
     let mut unplaced = Vec::new();
     for p in &claimed {
         let Some(node) = node_of(p) else {
@@ -455,7 +460,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         }
         tracing::info!(daemonset = %name, namespace = %ns, deleted = victims.len(), "deleted daemon pods");
     }
-    let creates = plan.create_on.iter().filter_map(|node| {
+    let creates = plan.create_on.iter().take(BURST).filter_map(|node| {
         let pod = pod_for(&ds, &ns, &hash, node)?;
         let ctx = &ctx;
         let uid = &uid;
