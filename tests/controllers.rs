@@ -713,3 +713,48 @@ async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
     );
     assert_eq!(placement(&list), ["n1", "n2", "n3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_stops_every_old_pod_before_starting_new_ones() {
+    let s = Server::start_with(&["--no-scheduler"]);
+    let client = kube_client(&s).await;
+    let _kubelet = spawn_kubelet(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    apply(
+        &s,
+        &WEB.replace("name: web}", "name: batchy}")
+            .replace("app: web", "app: batchy")
+            .replace(
+                "    type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n",
+                "    type: Recreate\n",
+            ),
+    );
+    rollout_status(&s, "batchy");
+    let before = pods
+        .list(&ListParams::default().labels("app=batchy"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(before.len(), 2);
+    let (extremes, monitor) = spawn_monitor(client.clone(), "app=batchy");
+    s.kubectl_ok(&["rollout", "restart", "deployment/batchy"]);
+    let out = rollout_status(&s, "batchy");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    drop(monitor);
+    let seen = std::mem::take(&mut *extremes.lock().unwrap());
+    assert!(
+        seen.max_live <= 2,
+        "old and new pods ran side by side: {seen:?}"
+    );
+    let after = pods
+        .list(&ListParams::default().labels("app=batchy"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(after.len(), 2);
+    assert!(
+        after
+            .iter()
+            .all(|p| before.iter().all(|b| b.uid() != p.uid()))
+    );
+}
