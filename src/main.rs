@@ -83,8 +83,8 @@ enum Command {
         #[arg(long)]
         percentage_of_nodes_to_score: Option<u32>,
     },
-    /// Run the workload controllers (Deployment, ReplicaSet, Job) alone, against any
-    /// Kubernetes-compatible apiserver.
+    /// Run the workload controllers (Deployment, ReplicaSet, Job, DaemonSet) alone,
+    /// against any Kubernetes-compatible apiserver.
     Controllers {
         /// Kubeconfig of the apiserver to act for.
         #[arg(long, env = "KUBECONFIG")]

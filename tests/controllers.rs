@@ -422,9 +422,9 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wasm_example_deployment_gets_its_pod() {
-    let s = Server::start_with(&["--no-scheduler"]);
+    let mut s = Server::start_with(&["--no-scheduler"]);
     let client = kube_client(&s).await;
-    let _kubelet = spawn_kubelet(client.clone());
+    let kubelet = spawn_kubelet(client.clone());
     let example = common::example("examples/wasm/hello-http.yaml");
     s.kubectl_ok(&["apply", "-f", example.to_str().unwrap()]);
     let out = rollout_status(&s, "hello-http");
@@ -433,6 +433,18 @@ async fn the_wasm_example_deployment_gets_its_pod() {
     assert!(row.split_whitespace().nth(1) == Some("1/1"), "{row}");
     let pods = s.kubectl_ok(&["get", "pods", "-l", "app=hello-http", "-o", "name"]);
     assert_eq!(pods.lines().count(), 1, "{pods}");
+    // The controllers' watches do not hold up a clean stop.
+    drop(kubelet);
+    let stopped = std::time::Instant::now();
+    assert!(
+        s.terminate(),
+        "skiff server did not exit cleanly on SIGTERM"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
 }
 
 fn job(name: &str, completions: i32, parallelism: i32, backoff: i32, outcome: &str) -> String {
