@@ -187,6 +187,21 @@ where
     .unwrap();
 }
 
+/// Wait (on a watch) for an event about `name` with `reason`; events are written in the
+/// background, best effort.
+async fn wait_event(client: &Client, name: &str, reason: &str) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let cfg = watcher::Config::default().fields(&format!("involvedObject.name={name}"));
+    let seen = watcher(events, cfg)
+        .default_backoff()
+        .applied_objects()
+        .any(|e| futures::future::ready(e.is_ok_and(|e| e.reason.as_deref() == Some(reason))));
+    assert!(
+        tokio::time::timeout(WAIT, seen).await.unwrap_or(false),
+        "no {reason} event about {name}"
+    );
+}
+
 fn owned_by<'a, K: kube::Resource>(items: &'a [K], uid: &str) -> Vec<&'a K> {
     items
         .iter()
@@ -269,6 +284,12 @@ async fn deployments_roll_out_scale_restart_and_go_away() {
             .get("deployment.kubernetes.io/revision")
             .map(String::as_str),
         Some("1")
+    );
+    wait_event(&client, "web", "ScalingReplicaSet").await;
+    let described = s.kubectl_ok(&["describe", "deployment", "web"]);
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set web-"),
+        "{described}"
     );
 
     // One ReplicaSet `web-<hash>`, carrying the hash in its selector and template, and

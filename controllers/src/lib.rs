@@ -24,6 +24,7 @@
 //! assert_eq!(new_replicas(4, surge, 4, 0), 1);
 //! ```
 
+#![warn(missing_docs)]
 pub mod cache;
 pub mod children;
 pub mod daemonset;
