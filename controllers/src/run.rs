@@ -2,8 +2,12 @@
 //! and one reconcile loop per kind.
 //!
 //! Each kind is watched once ([`crate::cache`]); a change goes to its own controller and
-//! to its owner's (a pod to its ReplicaSet or Job, a ReplicaSet to its Deployment), an
-//! orphan to every owner whose selector matches it. The loops are kube-runtime
+//! to its owner's (a pod to its ReplicaSet, Job or DaemonSet, a ReplicaSet to its
+//! Deployment), an orphan to every owner whose selector matches it, a Node or
+//! RuntimeClass change to every DaemonSet. Why kube-runtime's [`applier`] and not its
+//! `Controller`: a `Controller` keeps its own watch of each child kind, so the pod cache
+//! could not be shared, and its shared-stream variant drops deletions, which a
+//! ReplicaSet must see to replace a pod. The loops are kube-runtime
 //! [`applier`]s, which run at most one reconcile per object at a time and merge
 //! requests that pile up while one runs.
 
