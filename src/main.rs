@@ -38,6 +38,10 @@ enum Command {
         /// Do not run the scheduler in this process (run `skiff scheduler` elsewhere).
         #[arg(long)]
         no_scheduler: bool,
+        /// Do not run the workload controllers in this process (run `skiff controllers`
+        /// elsewhere).
+        #[arg(long)]
+        no_controllers: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -95,6 +99,13 @@ enum Command {
         /// Kubernetes).
         #[arg(long)]
         percentage_of_nodes_to_score: Option<u32>,
+    },
+    /// Run the workload controllers (Deployment, ReplicaSet, Job, DaemonSet) alone,
+    /// against any Kubernetes-compatible apiserver.
+    Controllers {
+        /// Kubeconfig of the apiserver to act for.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
     },
     /// Print the version.
     Version,
@@ -308,6 +319,16 @@ fn spawn_scheduler(
     });
 }
 
+fn spawn_controllers(client: kube::Client, stop: tokio::sync::watch::Receiver<bool>) {
+    let config = skiff_controllers::Config { host: hostname() };
+    tokio::spawn(async move {
+        tracing::info!("controllers started");
+        if let Err(e) = skiff_controllers::run(client, config, stopped(stop)).await {
+            tracing::error!(error = %e, "controllers stopped");
+        }
+    });
+}
+
 async fn push(
     file: PathBuf,
     reference: String,
@@ -373,6 +394,7 @@ fn main() -> anyhow::Result<()> {
             no_agent,
             node_name,
             no_scheduler,
+            no_controllers,
             node,
         } => {
             init_logs();
@@ -430,6 +452,15 @@ fn main() -> anyhow::Result<()> {
                                 spawn_scheduler(client, config, stop_rx.clone());
                             }
                             Err(e) => tracing::error!(error = %e, "cannot start the scheduler"),
+                        }
+                    }
+                    if !no_controllers {
+                        match skiff_api::client::in_process(
+                            r.router.clone(),
+                            &r.credentials.admin_token,
+                        ) {
+                            Ok(client) => spawn_controllers(client, stop_rx.clone()),
+                            Err(e) => tracing::error!(error = %e, "cannot start the controllers"),
                         }
                     }
                     tracing::info!(
@@ -529,6 +560,17 @@ fn main() -> anyhow::Result<()> {
                 skiff_scheduler::run::run(client, config, shutdown_signal())
                     .await
                     .context("scheduler")
+            })
+        }
+        Command::Controllers { kubeconfig } => {
+            init_logs();
+            runtime()?.block_on(async move {
+                let client = skiff_api::client::from_kubeconfig(&kubeconfig).await?;
+                let config = skiff_controllers::Config { host: hostname() };
+                tracing::info!(kubeconfig = %kubeconfig.display(), "controllers started");
+                skiff_controllers::run(client, config, shutdown_signal())
+                    .await
+                    .context("controllers")
             })
         }
     }

@@ -40,10 +40,10 @@ fn spawn_child(dir: &Path, port: u16, extra: &[String]) -> Child {
 
 impl Server {
     /// Start a server on a fresh data directory and a free port.
-    /// The API alone (`--no-scheduler`): tests of the API itself see only their own
-    /// writes.
+    /// The API alone (`--no-scheduler --no-controllers`): tests of the API itself see
+    /// only their own writes.
     pub fn start() -> Server {
-        Server::start_with(&["--no-scheduler"])
+        Server::start_with(&["--no-scheduler", "--no-controllers"])
     }
 
     /// The control plane without a node agent, with more `skiff server` flags.
