@@ -30,7 +30,11 @@ async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RedbStore::open(StoreConfig::new(dir.path().join("store.redb"))).unwrap());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let api = apiserver::Api::new(store, Auth::new("admin".into(), "node".into()), rx);
+    let api = apiserver::Api::new(
+        store,
+        Auth::new("admin".into(), "node".into(), b"node-key".to_vec()),
+        rx,
+    );
     api.bootstrap().await.unwrap();
     let client = skiff_api::client::in_process(apiserver::router(api), "admin").unwrap();
     Cluster {
