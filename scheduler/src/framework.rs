@@ -275,6 +275,12 @@ pub trait Filter: Send + Sync {
     fn node_static(&self) -> bool {
         false
     }
+    /// Keep in `candidates` (indexes into `nodes`) the nodes that fit. The default calls
+    /// [`Filter::filter`] for each; being generic per plugin, it costs one dynamic call
+    /// per batch instead of one per node.
+    fn filter_many(&self, cycle: &Cycle<'_>, nodes: &[NodeInfo], candidates: &mut Vec<usize>) {
+        candidates.retain(|&i| self.filter(cycle, &nodes[i]).fits());
+    }
 }
 
 /// The Score extension point: how good is this feasible node?
@@ -289,6 +295,18 @@ pub trait Score: Send + Sync {
     /// `Skip`); a skipped score adds the same to every node, so it is not computed.
     fn applies(&self, _cycle: &Cycle<'_>) -> bool {
         true
+    }
+    /// Raw scores of the `feasible` nodes (indexes into `nodes`), appended to `out` in
+    /// order. The default calls [`Score::score`] for each, with one dynamic call per
+    /// batch.
+    fn score_many(
+        &self,
+        cycle: &Cycle<'_>,
+        nodes: &[NodeInfo],
+        feasible: &[usize],
+        out: &mut Vec<i64>,
+    ) {
+        out.extend(feasible.iter().map(|&i| self.score(cycle, &nodes[i])));
     }
 }
 
