@@ -254,10 +254,32 @@ async fn main() {
     let rv = revision(&s, &token).await;
     s.kill9();
     let restarted = Instant::now();
-    s.restart_with(&["--no-agent"]);
+    s.restart_with(&["--no-agent", "--no-controllers"]);
+    // SKIFF_BENCH_PERF=FILE records a CPU profile of the server while it binds.
+    let perf = std::env::var("SKIFF_BENCH_PERF").ok().map(|out| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &s.pid().unwrap().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
     // The watch opens after the restart; bindings made before it are replayed from rv.
     let mut rx = watch_bindings(&s, &token, &rv);
     let last = all_bound(&mut rx, pods).await;
+    if let Some(p) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait_with_output();
+    }
     let secs = last.duration_since(restarted).as_secs_f64();
     println!(
         "  {pods} pods on {nodes} nodes bound in {secs:.2} s from server start = {:.0} pods/s; server peak RSS {:.0} MiB",

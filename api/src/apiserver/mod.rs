@@ -475,10 +475,7 @@ async fn resource(
                     ns,
                     name,
                     status_sub,
-                    WriteOptions {
-                        field_validation: fv,
-                        dry_run: dry,
-                    },
+                    WriteOptions::client(fv, dry),
                     |cur| {
                         restriction.check_stored(id, &attrs, cur)?;
                         if finalize {
@@ -506,20 +503,10 @@ async fn resource(
                 ApiError::bad_request(format!("the patch could not be decoded as JSON: {e}"))
             })?;
             let w = api
-                .update(
-                    res,
-                    ns,
-                    name,
-                    sub,
-                    WriteOptions {
-                        field_validation: fv,
-                        dry_run: dry,
-                    },
-                    |cur| {
-                        restriction.check_stored(id, &attrs, cur)?;
-                        patch::apply(kind, cur, &p)
-                    },
-                )
+                .update(res, ns, name, sub, WriteOptions::client(fv, dry), |cur| {
+                    restriction.check_stored(id, &attrs, cur)?;
+                    patch::apply(kind, cur, &p)
+                })
                 .await?;
             Ok(with_warnings(
                 json_response(StatusCode::OK, w.body),
@@ -544,10 +531,7 @@ async fn resource(
                     ns,
                     name,
                     None,
-                    WriteOptions {
-                        field_validation: FieldValidation::Ignore,
-                        dry_run: dry,
-                    },
+                    WriteOptions::client(FieldValidation::Ignore, dry),
                     |cur| {
                         let scale = match &input {
                             Ok(s) => s.clone(),

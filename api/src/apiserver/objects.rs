@@ -128,14 +128,27 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     /// `dryRun=All`: check everything, store nothing.
     pub dry_run: bool,
+    /// The new object is built by the server from a stored one (a binding, garbage
+    /// collection): it needs no decoding against the schema, only the update rules.
+    pub trusted: bool,
 }
 
 impl WriteOptions {
-    /// What internal writers use: unknown fields dropped, really written.
+    /// What internal writers use: unknown fields dropped, really written, trusted.
     pub const INTERNAL: WriteOptions = WriteOptions {
         field_validation: FieldValidation::Ignore,
         dry_run: false,
+        trusted: true,
     };
+
+    /// A client's write.
+    pub fn client(field_validation: FieldValidation, dry_run: bool) -> WriteOptions {
+        WriteOptions {
+            field_validation,
+            dry_run,
+            trusted: false,
+        }
+    }
 }
 
 /// What an update produced.
@@ -403,6 +416,7 @@ impl Api {
         let WriteOptions {
             field_validation: fv,
             dry_run,
+            trusted,
         } = opts;
         for _ in 0..16 {
             let kv = self.get_kv(res, ns, name)?;
@@ -418,7 +432,11 @@ impl Api {
             {
                 return Err(ApiError::conflict(res, name));
             }
-            let (new, warnings) = codec::typed(res, new, fv)?;
+            let (new, warnings) = if trusted {
+                (new, Vec::new())
+            } else {
+                codec::typed(res, new, fv)?
+            };
             let new = self.merge_update(res, sub, &old, new, name, ns)?;
             if new == old {
                 return Ok(Written {
