@@ -59,12 +59,12 @@ fn watch_running(
     let cfg = watcher::Config::default().labels(&format!("bench={label}"));
     tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
-        let mut stream = std::pin::pin!(watcher(pods, cfg));
+        use kube::runtime::WatchStreamExt;
+        // With back-off, a failing watch (the server gone at the end) waits between
+        // retries instead of spinning, so the runtime can shut down.
+        let mut stream = std::pin::pin!(watcher(pods, cfg).default_backoff());
         while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else {
-                // The server went away (the run is over).
-                return;
-            };
+            let Ok(ev) = ev else { continue };
             if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev
                 && is_running(&p)
             {
@@ -172,10 +172,33 @@ async fn main() {
     }
     let mut lat = Vec::new();
     while lat.len() < n {
-        let (name, t) = tokio::time::timeout(Duration::from_secs(120), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let Ok(Some((name, t))) = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await
+        else {
+            let out = s.kubectl(&["get", "pods", "-l", "bench=a", "--no-headers"]);
+            let stuck: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.contains("Running"))
+                .map(String::from)
+                .collect();
+            let node = s.kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[*].status.allocatable}",
+            ]);
+            let first = stuck
+                .first()
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or("");
+            let why = s.kubectl(&["describe", "pod", first]);
+            panic!(
+                "only {} of {n} pods seen Running; not Running: {}; node allocatable {}; {}",
+                lat.len(),
+                stuck.len(),
+                String::from_utf8_lossy(&node.stdout),
+                String::from_utf8_lossy(&why.stdout)
+            );
+        };
         if let Some(c) = created.get(&name) {
             lat.push(t.saturating_duration_since(*c));
         }

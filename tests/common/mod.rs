@@ -309,6 +309,7 @@ impl Agent {
                 "--node-ip",
                 "127.0.0.1",
             ])
+            .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
