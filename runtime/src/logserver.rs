@@ -308,9 +308,16 @@ pub async fn serve(
         .map_err(|e| LogServerError::Cert(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(error) => {
+                // EMFILE and the like: back off instead of spinning on the error.
+                tracing::warn!(%error, "log server accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
