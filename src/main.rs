@@ -75,6 +75,10 @@ enum Command {
         /// State directory (compiled-code cache).
         #[arg(long)]
         state_dir: PathBuf,
+        /// Linear memory each pool slot keeps resident between instances, in MiB
+        /// (default: 1/1024 of the machine's memory, at most 16).
+        #[arg(long)]
+        keep_resident_mib: Option<u64>,
     },
     /// Run a node agent: join a Skiff server and run the pods it places here.
     Agent {
@@ -152,6 +156,12 @@ struct NodeArgs {
     /// Pods this node takes.
     #[arg(long, default_value_t = skiff_runtime::node::MAX_PODS)]
     max_pods: u32,
+    /// Linear memory each Wasm pool slot keeps resident between requests, in MiB
+    /// (default: 1/1024 of the machine's memory, at most 16). Larger is faster for guests
+    /// with big heaps (Python) and keeps more memory resident after a burst; 0 gives
+    /// every page back after each request. Set when the agent starts the Wasm host.
+    #[arg(long)]
+    wasm_keep_resident_mib: Option<u64>,
     /// Extra node label, `key=value` (repeatable).
     #[arg(long = "node-label", value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
@@ -196,6 +206,7 @@ fn agent_config(
         insecure_registries: args.insecure_registries.clone(),
         labels: args.node_labels.iter().cloned().collect(),
         max_pods: args.max_pods,
+        wasm_keep_resident_mib: args.wasm_keep_resident_mib,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,
     })
@@ -539,10 +550,14 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::WasmHost { socket, state_dir } => {
+        Command::WasmHost {
+            socket,
+            state_dir,
+            keep_resident_mib,
+        } => {
             init_logs();
             runtime()?.block_on(async move {
-                skiff_runtime::wasmhost::serve(&socket, &state_dir)
+                skiff_runtime::wasmhost::serve(&socket, &state_dir, keep_resident_mib)
                     .await
                     .context("wasm host")
             })

@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// The `skiff` executable (to start the Wasm host).
     pub exe: PathBuf,
+    /// Linear memory each Wasm pool slot keeps resident between requests, MiB (`None`:
+    /// picked from the machine's memory).
+    pub wasm_keep_resident_mib: Option<u64>,
     /// Pod sandboxes.
     pub sandboxes: Arc<dyn Sandboxes>,
 }
@@ -263,6 +266,7 @@ pub async fn start(
         socket: dir.join("wasm-host.sock"),
         state_dir: dir.join("wasm-host"),
         exe: cfg.exe.clone(),
+        keep_resident_mib: cfg.wasm_keep_resident_mib,
     };
     let host = wasmhost::connect_or_spawn(&paths).await?;
     let artifacts = ArtifactStore::open_with(

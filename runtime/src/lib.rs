@@ -25,6 +25,7 @@
 //!     insecure_registries: vec![],
 //!     labels: Default::default(),
 //!     max_pods: 110,
+//!     wasm_keep_resident_mib: None,
 //!     exe: std::env::current_exe().unwrap_or_default(),
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
 //! };

@@ -41,6 +41,9 @@ pub struct HostPaths {
     pub state_dir: PathBuf,
     /// The `skiff` executable that runs `skiff wasm-host`.
     pub exe: PathBuf,
+    /// Linear memory a pool slot keeps resident between instances, in MiB (`None`: the
+    /// host picks it from the machine). Applies when this agent starts the host.
+    pub keep_resident_mib: Option<u64>,
 }
 
 impl HostPaths {
@@ -84,6 +87,11 @@ async fn spawn(paths: &HostPaths) -> Result<(), HostError> {
         .arg(&paths.socket)
         .arg("--state-dir")
         .arg(&paths.state_dir)
+        .args(
+            paths
+                .keep_resident_mib
+                .map(|mib| format!("--keep-resident-mib={mib}")),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -126,12 +134,18 @@ async fn spawn(paths: &HostPaths) -> Result<(), HostError> {
 
 /// Run the host in this process (the `skiff wasm-host` command): bind, say ready on
 /// stdout, serve until killed.
-pub async fn serve(socket: &Path, state_dir: &Path) -> Result<(), skiff_shims::host::Error> {
+pub async fn serve(
+    socket: &Path,
+    state_dir: &Path,
+    keep_resident_mib: Option<u64>,
+) -> Result<(), skiff_shims::host::Error> {
     use skiff_shims::wasm::{WasmConfig, WasmExecutor};
     std::fs::create_dir_all(state_dir).map_err(|e| {
         skiff_shims::host::Error::Unavailable(format!("{}: {e}", state_dir.display()))
     })?;
-    let executor = WasmExecutor::new(WasmConfig::new(state_dir.join("cache")))?;
+    let mut config = WasmConfig::new(state_dir.join("cache"));
+    config.keep_resident = keep_resident_mib.map(|mib| (mib as usize) << 20);
+    let executor = WasmExecutor::new(config)?;
     let listener = skiff_shims::host::bind(socket).await?;
     tracing::info!(socket = %socket.display(), pooling = executor.pooling(), "wasm host listening");
     println!("{READY_LINE}");

@@ -38,7 +38,10 @@ pub(crate) fn build(cfg: &WasmConfig) -> Result<(Engine, bool), Error> {
             .total_tables(slots.saturating_mul(2))
             .total_stacks(slots)
             .max_memory_size(max_memory_bytes(mem_total_bytes()))
-            .linear_memory_keep_resident(keep_resident_bytes(mem_total_bytes()))
+            .linear_memory_keep_resident(
+                cfg.keep_resident
+                    .unwrap_or_else(|| keep_resident_bytes(mem_total_bytes())),
+            )
             .table_keep_resident(TABLE_KEEP_RESIDENT);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {

@@ -95,6 +95,10 @@ pub struct WasmConfig {
     pub cpu_period: Duration,
     /// Maximum wasm call stack, in bytes; deeper recursion traps "call stack exhausted".
     pub max_wasm_stack: usize,
+    /// Bytes of linear memory a pool slot keeps resident between instances; `None` picks
+    /// it from the machine's memory (1/1024 of it, at most 16 MiB). More is faster for
+    /// guests with large heaps, and keeps a burst's memory resident after it.
+    pub keep_resident: Option<usize>,
 }
 
 impl WasmConfig {
@@ -106,6 +110,7 @@ impl WasmConfig {
             epoch_tick: Duration::from_millis(5),
             cpu_period: Duration::from_millis(100),
             max_wasm_stack: 1024 * 1024,
+            keep_resident: None,
         }
     }
 }
