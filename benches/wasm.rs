@@ -333,11 +333,11 @@ async fn idle_pods(s: &Server, agent: &Agent, client: &kube::Client, light: &str
     let base = 21000u16;
     let mut rx = watch_running(client.clone(), "c");
     let yaml: Vec<String> = (0..n)
-        .map(|i| pod_yaml(&format!("c-{i}"), &light, Some(base + i as u16), "c"))
+        .map(|i| pod_yaml(&format!("c-{i}"), light, Some(base + i as u16), "c"))
         .collect();
     let started = Instant::now();
     for chunk in yaml.chunks(100) {
-        apply(&s, &chunk.join("---\n"));
+        apply(s, &chunk.join("---\n"));
     }
     for _ in 0..n {
         tokio::time::timeout(Duration::from_secs(600), rx.recv())
