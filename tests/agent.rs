@@ -418,3 +418,63 @@ async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
     assert_eq!(cs.restart_count, 0);
     assert_eq!(cs.state.unwrap().running.unwrap().started_at, started);
 }
+
+/// Two agents on one machine (here: two nodes of one test): an agent's clean-up of
+/// orphaned sandboxes takes its own orphans and leaves the other agent's pods alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_clean_up_leaves_another_agents_sandboxes_alone() {
+    let reg = Registry::start();
+    let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let s = Server::start_with(&[]);
+    let _b = Agent::start(&s, "edge-b");
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let port = free_port();
+    apply(&s, &hello_pod("neighbour", &image, port));
+    let pod = wait_for(&pods, "neighbour", "Running", running).await;
+    let netns = std::path::PathBuf::from(format!(
+        "/run/netns/skiff-{}",
+        pod.metadata.uid.clone().unwrap()
+    ));
+    assert!(netns.exists(), "{} exists", netns.display());
+
+    // A second agent starts (its first clean-up), stops, finds an orphan of its own
+    // (a pod directory and a namespace) and starts again.
+    let mut a = Agent::start(&s, "edge-a");
+    let nodes: Api<Node> = Api::all(client.clone());
+    tokio::time::timeout(
+        WAIT,
+        await_condition(nodes, "edge-a", |n: Option<&Node>| n.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    a.kill9();
+    let orphan = "00000000-0000-4000-8000-00000000beef";
+    std::fs::create_dir_all(a.dir.path().join("pods").join(orphan)).unwrap();
+    let added = std::process::Command::new("ip")
+        .args(["netns", "add", &format!("skiff-{orphan}")])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let orphan_ns = std::path::PathBuf::from(format!("/run/netns/skiff-{orphan}"));
+    a.restart();
+    let deadline = std::time::Instant::now() + WAIT;
+    while orphan_ns.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not remove its orphaned sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !a.dir.path().join("pods").join(orphan).exists(),
+        "its pod directory goes with it"
+    );
+
+    assert!(netns.exists(), "the other agent's pod keeps its namespace");
+    let (code, _) = http_get(port, "/").await.unwrap();
+    assert_eq!(code, 200, "and keeps serving");
+    let after = pods.get("neighbour").await.unwrap();
+    assert_eq!(status(Some(&after)).unwrap().restart_count, 0);
+}

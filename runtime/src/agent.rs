@@ -469,24 +469,29 @@ async fn cleanup_orphans(ctx: &Arc<Ctx>, workers: &HashMap<String, Handle>) {
             let _ = ctx.host.remove(&c.id).await;
         }
     }
+    // Only pods with a directory of this agent's: other agents on the machine (tests,
+    // or a server's embedded agent beside a standalone one) have sandboxes too. The
+    // directory goes last, so a clean-up cut short is finished by the next one.
     let sandboxes = ctx.sandboxes.clone();
     let keep: HashSet<String> = workers.keys().cloned().collect();
+    let pods_dir = ctx.pods_dir.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        for uid in sandboxes.list() {
-            if !keep.contains(&uid) {
-                let _ = sandboxes.destroy(&uid);
+        for e in std::fs::read_dir(&pods_dir).into_iter().flatten().flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&uid) {
+                continue;
+            }
+            match sandboxes.destroy(&uid) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+                Err(error) => {
+                    tracing::warn!(pod_uid = %uid, %error, "orphaned sandbox not removed");
+                }
             }
         }
     })
     .await;
-    if let Ok(entries) = std::fs::read_dir(&ctx.pods_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !workers.contains_key(&name) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
     // Every worker has taken what it needed at its creation.
     ctx.adopted
         .lock()

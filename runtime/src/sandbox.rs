@@ -57,7 +57,7 @@ pub trait Sandboxes: Send + Sync + 'static {
     fn ensure(&self, uid: &str, limits: PodLimits) -> Result<Sandbox, SandboxError>;
     /// Remove the sandbox of pod `uid`; removing a missing sandbox is not an error.
     fn destroy(&self, uid: &str) -> Result<(), SandboxError>;
-    /// Pod uids whose sandboxes exist on this node.
+    /// Pod uids whose sandboxes exist on this machine, made by any agent.
     fn list(&self) -> Vec<String>;
 }
 

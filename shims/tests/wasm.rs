@@ -388,3 +388,42 @@ async fn pool_that_cannot_be_reserved_falls_back_to_on_demand() {
         .unwrap();
     assert_eq!(node.executor.wait("hello").await.unwrap().code, 0);
 }
+
+/// With pool slots keeping pages resident between instances, nothing one instance wrote
+/// may be seen by the next in the same slot: each run stores a marker and fails if a
+/// marker is already there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_pool_pages_start_clean_for_the_next_instance() {
+    const MARK_ONCE: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (func (export "_start")
+    (if (i32.eq (i32.load (i32.const 70000)) (i32.const 0x5eed))
+      (then (call $exit (i32.const 1))))
+    (i32.store (i32.const 70000) (i32.const 0x5eed))
+    (i32.store (i32.const 100) (i32.const 0x5eed))
+    (call $exit (i32.const 0))))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = skiff_shims::wasm::WasmConfig::new(dir.path().join("cache"));
+    config.pool = skiff_shims::wasm::PoolSize::Slots(4);
+    config.keep_resident = Some(1 << 20);
+    let node = Node {
+        executor: skiff_shims::wasm::WasmExecutor::new(config).unwrap(),
+        dir,
+    };
+    let artifact = node.wat("mark", MARK_ONCE);
+    for i in 0..6 {
+        let id = format!("mark-{i}");
+        node.executor
+            .run(node.spec(&id, artifact.clone()))
+            .await
+            .unwrap();
+        let status = node.executor.wait(&id).await.unwrap();
+        assert_eq!(
+            status.code, 0,
+            "run {i} saw the previous run's memory: {status:?}"
+        );
+    }
+}

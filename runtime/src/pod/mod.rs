@@ -579,7 +579,18 @@ impl Worker {
         }
         let sandboxes = self.ctx.sandboxes.clone();
         let uid = self.uid.clone();
-        let made = tokio::task::spawn_blocking(move || sandboxes.ensure(&uid, limits)).await;
+        // The pod's directory is this agent's record that the sandbox is its own: orphan
+        // clean-up removes only sandboxes with a directory here, never those of another
+        // agent on the same machine. So it is made first.
+        let record = self.ctx.pods_dir.join(&self.uid);
+        let made = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&record).map_err(|e| crate::sandbox::SandboxError::Io {
+                path: record.clone(),
+                source: e,
+            })?;
+            sandboxes.ensure(&uid, limits)
+        })
+        .await;
         match made {
             Ok(Ok(sb)) => {
                 self.sandbox = Some(sb);
