@@ -171,6 +171,13 @@ async fn a_wasm_service_from_the_registry_serves_on_its_host_port() {
         table.contains("1/1") && table.contains("Running"),
         "{table}"
     );
+    let logs = s.kubectl_ok(&["logs", "hello"]);
+    assert!(
+        logs.contains(&format!(
+            "skiff: serving wasi:http on 0.0.0.0:8080 (pod), 0.0.0.0:{port} (node)"
+        )),
+        "{logs}"
+    );
 
     s.kubectl_ok(&["delete", "pod", "hello", "--timeout=60s"]);
     assert!(

@@ -310,6 +310,23 @@ impl WasmExecutor {
             stop,
         });
 
+        // Said in the container's log, so `kubectl logs` of a quiet service shows where
+        // it listens (a pod's own namespace, or the node's for a hostPort).
+        if let Some(http) = spec.http.as_ref().filter(|_| !entry.listening.is_empty()) {
+            let places: Vec<String> = http
+                .listeners
+                .iter()
+                .zip(&entry.listening)
+                .map(|(l, addr)| {
+                    let ns = if l.netns.is_some() { "pod" } else { "node" };
+                    format!("{addr} ({ns})")
+                })
+                .collect();
+            log.line(
+                Stream::Stderr,
+                &format!("skiff: serving wasi:http on {}", places.join(", ")),
+            );
+        }
         let spec = Arc::new(spec);
         let run = {
             let spec = spec.clone();
