@@ -485,3 +485,44 @@ async fn orphan_clean_up_leaves_another_agents_sandboxes_alone() {
     let after = pods.get("neighbour").await.unwrap();
     assert_eq!(status(Some(&after)).unwrap().restart_count, 0);
 }
+
+/// Edge autonomy, the part that exists: the apiserver goes away for a while; the node
+/// agent stays up, its pod keeps serving, and once the server is back the agent acts
+/// on the API again (here: the pod's deletion) without having restarted anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rides_out_an_apiserver_outage() {
+    let reg = Registry::start();
+    let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let mut s = Server::start_with(&[]);
+    let mut agent = Agent::start(&s, "edge-o");
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let port = free_port();
+    apply(&s, &hello_pod("steady", &image, port));
+    wait_for(&pods, "steady", "Running", running).await;
+
+    s.kill9();
+    // Three seconds without a server (the agent's watch fails and retries meanwhile),
+    // with requests all along.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while std::time::Instant::now() < until {
+        let (code, body) = http_get(port, "/").await.unwrap();
+        assert_eq!((code, body.as_str()), (200, "hello from skiff\n"));
+        served += 1;
+    }
+    assert!(served > 0);
+    assert!(agent.alive(), "the agent survives the outage");
+
+    s.restart();
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p = pods.get("steady").await.unwrap();
+    assert_eq!(status(Some(&p)).unwrap().restart_count, 0);
+    s.kubectl_ok(&["delete", "pod", "steady", "--timeout=60s"]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the agent, back on the API, stopped the deleted pod"
+    );
+    assert!(agent.alive());
+}

@@ -318,6 +318,13 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// Whether the agent process is still alive.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// `kill -9` the agent (its Wasm host lives on).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
