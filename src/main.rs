@@ -309,6 +309,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Joins the cluster, waiting for an unreachable server (an edge node may boot before
+/// its uplink) with back-off up to 30 s; a refusal ends it at once. `None` when asked to
+/// stop while waiting.
+async fn join_until_reached(
+    server: &str,
+    join_token: &str,
+    node_name: &str,
+) -> Result<Option<skiff_api::client::NodeCredentials>, skiff_api::client::ClientError> {
+    let mut delay = std::time::Duration::from_secs(1);
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        match skiff_api::client::join(server, join_token, node_name).await {
+            Ok(creds) => return Ok(Some(creds)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot join the server yet; waiting for it");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut stop => return Ok(None),
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -533,9 +559,12 @@ fn main() -> anyhow::Result<()> {
             let join_token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("reading the join token {}", token_file.display()))?;
             runtime()?.block_on(async move {
-                let creds = skiff_api::client::join(&server, join_token.trim(), &node_name)
+                let Some(creds) = join_until_reached(&server, join_token.trim(), &node_name)
                     .await
-                    .with_context(|| format!("joining {server} as node {node_name}"))?;
+                    .with_context(|| format!("joining {server} as node {node_name}"))?
+                else {
+                    return Ok(());
+                };
                 let client =
                     skiff_api::client::with_token(&creds.server_url, &creds.ca_pem, &creds.token)?;
                 let address = match node.node_ip {

@@ -526,3 +526,32 @@ async fn the_agent_rides_out_an_apiserver_outage() {
     );
     assert!(agent.alive());
 }
+
+/// An edge node that boots before its uplink: `skiff agent` started while the server is
+/// down waits for it and joins once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_the_server_waits_and_joins() {
+    let mut s = Server::start_with(&[]);
+    s.kill9();
+    let mut agent = Agent::start(&s, "edge-late");
+    // Without the wait the agent ends at its first refused connection, at once.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < watch_until {
+        assert!(agent.alive(), "the agent gave up while the server was down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.restart();
+    let client = kube_client(&s).await;
+    let nodes: Api<Node> = Api::all(client);
+    tokio::time::timeout(
+        WAIT,
+        await_condition(nodes, "edge-late", |n: Option<&Node>| {
+            n.and_then(|n| n.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }),
+    )
+    .await
+    .expect("the agent joined and its Node became Ready")
+    .unwrap();
+    assert!(agent.alive());
+}

@@ -114,6 +114,21 @@ pub struct NodeCredentials {
 /// How long each step of joining may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+impl ClientError {
+    /// Whether trying again later may succeed: the server could not be reached, did not
+    /// answer in time, or answered with a server-side error (5xx). A refusal (a bad
+    /// token, a CA mismatch) is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Https(
+                HttpsError::Connect { .. } | HttpsError::Timeout { .. } | HttpsError::Http { .. },
+            ) => true,
+            ClientError::Refused { code, .. } => *code >= 500,
+            _ => false,
+        }
+    }
+}
+
 /// Largest `/cacerts` or join answer read.
 const JOIN_ANSWER_LIMIT: usize = 1024 * 1024;
 
@@ -285,4 +300,27 @@ pub async fn from_kubeconfig(path: &Path) -> Result<kube::Client, ClientError> {
         .await
         .map_err(|e| err(e.to_string()))?;
     kube::Client::try_from(cfg).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unreachable_servers_and_server_errors_are_worth_retrying() {
+        let connect = ClientError::Https(HttpsError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert!(connect.is_transient());
+        let refused = |code| ClientError::Refused {
+            url: "https://x/skiff/v1/join".into(),
+            code,
+            message: String::new(),
+        };
+        assert!(refused(503).is_transient());
+        assert!(!refused(401).is_transient());
+        assert!(!refused(403).is_transient());
+        assert!(!ClientError::BadToken.is_transient());
+    }
 }
