@@ -487,6 +487,17 @@ spec:
     )
 }
 
+/// `kubectl wait --for=condition=CONDITION OBJECT`, which must say the condition is met.
+fn kubectl_wait(s: &Server, condition: &str, object: &str) {
+    let out = s.kubectl_ok(&[
+        "wait",
+        &format!("--for=condition={condition}"),
+        object,
+        "--timeout=30s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_or_fail_on_their_pods() {
     let s = Server::start_with(&["--no-scheduler"]);
@@ -497,13 +508,7 @@ async fn jobs_complete_or_fail_on_their_pods() {
 
     // Two completions, one at a time: complete once both pods succeeded.
     apply(&s, &job("done", 2, 1, 6, "Succeeded"));
-    let out = s.kubectl_ok(&[
-        "wait",
-        "--for=condition=complete",
-        "job/done",
-        "--timeout=30s",
-    ]);
-    assert!(out.contains("condition met"), "{out}");
+    kubectl_wait(&s, "complete", "job/done");
     let j = jobs.get("done").await.unwrap();
     let st = j.status.clone().unwrap();
     assert_eq!(
@@ -547,13 +552,7 @@ async fn jobs_complete_or_fail_on_their_pods() {
 
     // Every pod fails: after more than backoffLimit (1) failures the Job fails.
     apply(&s, &job("doomed", 1, 1, 1, "Failed"));
-    let out = s.kubectl_ok(&[
-        "wait",
-        "--for=condition=failed",
-        "job/doomed",
-        "--timeout=30s",
-    ]);
-    assert!(out.contains("condition met"), "{out}");
+    kubectl_wait(&s, "failed", "job/doomed");
     let j = wait_for(&jobs, "doomed", "failed", |j: &Job| {
         j.status.as_ref().is_some_and(|s| s.failed == Some(2))
     })

@@ -5,7 +5,7 @@
 
 use crate::cache::Cache;
 use crate::pods::{self, Matcher};
-use crate::run::Context;
+use crate::run::{Context, event_ref};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -139,14 +139,16 @@ pub fn pod_from_template(
 
 /// Create `count` copies of `pod`, in batches of growing size (1, 2, 4, ...) so that a
 /// failing template produces one error, not hundreds. Records each creation as an
-/// expectation of `owner_uid`; returns the names created, and the error that stopped
-/// it, if any.
-pub async fn create_pods(
+/// expectation of `owner` and as its `SuccessfulCreate` event (a failure as
+/// `FailedCreate`); returns the names created, and the error that stopped it, if any.
+pub async fn create_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
-    owner_uid: &str,
+    owner: &K,
     pod: &Pod,
     count: usize,
 ) -> (Vec<String>, Option<ChildError>) {
+    let owner_uid = owner.meta().uid.as_deref().unwrap_or_default();
+    let event_owner = event_ref(owner);
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut created = Vec::new();
@@ -161,12 +163,19 @@ pub async fn create_pods(
                 Ok(p) => {
                     ctx.expectations
                         .wrote(owner_uid, p.metadata.resource_version.as_deref());
+                    ctx.recorder.normal(
+                        &event_owner,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.name_any()),
+                    );
                     created.push(p.name_any());
                 }
                 Err(e) => error = Some(failed("creating a pod")(e)),
             }
         }
-        if error.is_some() {
+        if let Some(e) = &error {
+            ctx.recorder
+                .warning(&event_owner, "FailedCreate", e.to_string());
             return (created, error);
         }
         batch *= 2;
@@ -174,12 +183,14 @@ pub async fn create_pods(
     (created, None)
 }
 
-/// Delete `victims`, recording each as an expectation of `owner_uid`.
-pub async fn delete_pods(
+/// Delete `victims`, recording each as an expectation of `owner`; once all are gone,
+/// each as its `SuccessfulDelete` event.
+pub async fn delete_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
-    owner_uid: &str,
+    owner: &K,
     victims: &[Arc<Pod>],
 ) -> Result<(), ChildError> {
+    let owner_uid = owner.meta().uid.as_deref().unwrap_or_default();
     let deletes = victims.iter().map(|p| async move {
         let name = p.name_any();
         let ns = p.metadata.namespace.as_deref().unwrap_or("default");
@@ -206,6 +217,14 @@ pub async fn delete_pods(
     });
     for r in futures::future::join_all(deletes).await {
         r?;
+    }
+    let event_owner = event_ref(owner);
+    for p in victims {
+        ctx.recorder.normal(
+            &event_owner,
+            "SuccessfulDelete",
+            format!("Deleted pod: {}", p.name_any()),
+        );
     }
     Ok(())
 }

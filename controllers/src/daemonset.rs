@@ -10,22 +10,20 @@
 //! with the template's hash in `controller-revision-hash`) no faster than
 //! `maxUnavailable` allows; `OnDelete` replaces a pod only once someone deletes it.
 
-use crate::children::{self, ChildError};
+use crate::children;
 use crate::deployment::hash::template_hash;
-use crate::deployment::rollout::{self, RolloutError};
-use crate::pods::{self, Matcher, SelectorError};
-use crate::run::{Context, event_ref};
+use crate::deployment::rollout;
+use crate::pods::{self, Matcher};
+use crate::run::Context;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
 use k8s_openapi::api::node::v1::Scheduling;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,25 +34,11 @@ const BURST: usize = 500;
 /// The label carrying the hash of the template a pod was made from.
 pub const HASH_LABEL: &str = "controller-revision-hash";
 
-/// Failures of a DaemonSet reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object lacks a field every stored DaemonSet has.
-    #[error("daemon set without {0}")]
-    Missing(&'static str),
-    /// Its selector cannot be used.
-    #[error(transparent)]
-    Selector(#[from] SelectorError),
-    /// Its `maxUnavailable` cannot be used.
-    #[error(transparent)]
-    Rollout(#[from] RolloutError),
-    /// A write to a pod failed.
-    #[error(transparent)]
-    Child(#[from] ChildError),
-    /// Writing the status failed.
-    #[error("writing the status: {0}")]
-    Status(#[source] kube::Error),
-}
+/// Failures of a reconcile.
+pub use crate::ReconcileError as Error;
+
+/// How errors name this kind.
+const KIND: &str = "daemon set";
 
 /// Taints on a node's conditions, which DaemonSet pods tolerate (Kubernetes adds the
 /// same tolerations to them).
@@ -350,9 +334,8 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let name = ds.name_any();
-    let ns = ds.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = ds.uid().ok_or(Error::Missing("uid"))?;
-    let spec = ds.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let (ns, uid) = crate::identity(ds.as_ref(), KIND)?;
+    let spec = ds.spec.as_ref().ok_or(Error::missing(KIND, "spec"))?;
     let matcher = Matcher::new(Some(&spec.selector))?;
     let owner = pods::controller_ref("apps/v1", "DaemonSet", &name, &uid);
     let claimed = children::claim(&ctx.client, &ctx.pods, &owner, false, &matcher, &ns).await?;
@@ -450,34 +433,20 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
             .filter(|p| plan.delete.contains(&p.name_any()))
             .cloned()
             .collect();
-        children::delete_pods(&ctx, &uid, &victims).await?;
-        for p in &victims {
-            ctx.recorder.normal(
-                &event_ref(ds.as_ref()),
-                "SuccessfulDelete",
-                format!("Deleted pod: {}", p.name_any()),
-            );
-        }
+        children::delete_pods(&ctx, ds.as_ref(), &victims).await?;
         tracing::info!(daemonset = %name, namespace = %ns, deleted = victims.len(), "deleted daemon pods");
     }
     let creates = plan.create_on.iter().take(BURST).filter_map(|node| {
         let pod = pod_for(&ds, &ns, &hash, node)?;
         let ctx = &ctx;
-        let uid = &uid;
-        Some(async move { (node, children::create_pods(ctx, uid, &pod, 1).await) })
+        let ds = ds.as_ref();
+        Some(async move { (node, children::create_pods(ctx, ds, &pod, 1).await) })
     });
     for (node, (created, error)) in futures::future::join_all(creates).await {
         if let Some(p) = created.first() {
-            ctx.recorder.normal(
-                &event_ref(ds.as_ref()),
-                "SuccessfulCreate",
-                format!("Created pod: {p}"),
-            );
             tracing::info!(daemonset = %name, namespace = %ns, %node, pod = %p, "created daemon pod");
         }
         if let Some(e) = error {
-            ctx.recorder
-                .warning(&event_ref(ds.as_ref()), "FailedCreate", e.to_string());
             return Err(e.into());
         }
     }
@@ -524,16 +493,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         collision_count: old.collision_count,
         conditions: old.conditions.clone(),
     };
-    if status != old {
-        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-            .map_err(Error::Status)?;
-    }
+    crate::write_status::<DaemonSet, _>(&ctx.client, &ns, &name, &old, &status).await?;
     if !unplaced.is_empty() {
         tracing::debug!(daemonset = %name, namespace = %ns, pods = unplaced.len(), "pods without a node ignored");
     }

@@ -9,36 +9,23 @@
 //! Replacements for failed pods wait out an exponential back-off (10 s, doubling, at most
 //! 6 min) from the last failure, as in Kubernetes.
 
-use crate::children::{self, ChildError};
-use crate::pods::{self, Matcher, SelectorError};
+use crate::children;
+use crate::pods::{self, Matcher};
 use crate::run::{Context, event_ref};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Failures of a Job reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object lacks a field every stored Job has.
-    #[error("job without {0}")]
-    Missing(&'static str),
-    /// Its selector cannot be used.
-    #[error(transparent)]
-    Selector(#[from] SelectorError),
-    /// A write to a pod failed.
-    #[error(transparent)]
-    Child(#[from] ChildError),
-    /// Writing the status failed.
-    #[error("writing the status: {0}")]
-    Status(#[source] kube::Error),
-}
+/// Failures of a reconcile.
+pub use crate::ReconcileError as Error;
+
+/// How errors name this kind.
+const KIND: &str = "job";
 
 /// The first back-off after a failed pod.
 const BACKOFF_BASE_SECS: i64 = 10;
@@ -203,9 +190,8 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let name = job.name_any();
-    let ns = job.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = job.uid().ok_or(Error::Missing("uid"))?;
-    let spec = job.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let (ns, uid) = crate::identity(job.as_ref(), KIND)?;
+    let spec = job.spec.as_ref().ok_or(Error::missing(KIND, "spec"))?;
     let old = job.status.clone().unwrap_or_default();
     let matcher = Matcher::new(spec.selector.as_ref())?;
     let owner = pods::controller_ref("batch/v1", "Job", &name, &uid);
@@ -245,18 +231,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                 let template = &spec.template;
                 let pod = children::pod_from_template(template, &format!("{name}-"), &ns, owner);
                 let n = usize::try_from(want - have).unwrap_or(0);
-                let (created, error) = children::create_pods(&ctx, &uid, &pod, n).await;
-                for p in &created {
-                    ctx.recorder.normal(
-                        &event_ref(job.as_ref()),
-                        "SuccessfulCreate",
-                        format!("Created pod: {p}"),
-                    );
-                }
+                let (created, error) = children::create_pods(&ctx, job.as_ref(), &pod, n).await;
                 tracing::info!(job = %name, namespace = %ns, created = created.len(), "created pods");
                 if let Some(e) = error {
-                    ctx.recorder
-                        .warning(&event_ref(job.as_ref()), "FailedCreate", e.to_string());
                     return Err(e.into());
                 }
             }
@@ -266,14 +243,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         let victims: Vec<Arc<Pod>> = active
             .drain(..active.len() - usize::try_from(want).unwrap_or(0))
             .collect();
-        children::delete_pods(&ctx, &uid, &victims).await?;
-        for p in &victims {
-            ctx.recorder.normal(
-                &event_ref(job.as_ref()),
-                "SuccessfulDelete",
-                format!("Deleted pod: {}", p.name_any()),
-            );
-        }
+        children::delete_pods(&ctx, job.as_ref(), &victims).await?;
     }
     if !finished {
         if status.start_time.is_none() && spec.suspend != Some(true) {
@@ -321,16 +291,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             }
         }
     }
-    if status != old {
-        Api::<Job>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-            .map_err(Error::Status)?;
-    }
+    crate::write_status::<Job, _>(&ctx.client, &ns, &name, &old, &status).await?;
     Ok(match requeue {
         Some(s) => Action::requeue(Duration::from_secs(s.max(1).unsigned_abs())),
         None => Action::await_change(),

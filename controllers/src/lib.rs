@@ -37,21 +37,97 @@ pub mod run;
 
 pub use run::{Config, run};
 
-/// Any failure of the controllers, folded from each module's error.
+/// Why a reconcile of any of the controllers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The object lacks a field every stored object of its kind has.
+    #[error("{kind} without {field}")]
+    Missing {
+        /// The kind, as a message names it ("replica set").
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// Its selector cannot be used.
+    #[error(transparent)]
+    Selector(#[from] pods::SelectorError),
+    /// Its rollout numbers (`maxSurge`, `maxUnavailable`) cannot be used.
+    #[error(transparent)]
+    Rollout(#[from] deployment::rollout::RolloutError),
+    /// A write to a child (a pod, a ReplicaSet) failed.
+    #[error(transparent)]
+    Child(#[from] children::ChildError),
+    /// Writing the status failed.
+    #[error("writing the status: {0}")]
+    Status(#[source] kube::Error),
+    /// Another API call failed.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// A field every stored object of `kind` has is missing.
+    pub fn missing(kind: &'static str, field: &'static str) -> ReconcileError {
+        ReconcileError::Missing { kind, field }
+    }
+}
+
+/// The namespace and uid of a stored namespaced object (`kind` names it in the error).
+pub(crate) fn identity<K: kube::Resource>(
+    obj: &K,
+    kind: &'static str,
+) -> Result<(String, String), ReconcileError> {
+    let meta = obj.meta();
+    let ns = meta.namespace.clone();
+    let uid = meta.uid.clone();
+    Ok((
+        ns.ok_or(ReconcileError::missing(kind, "namespace"))?,
+        uid.ok_or(ReconcileError::missing(kind, "uid"))?,
+    ))
+}
+
+/// Writes a reconcile's `status` when it differs from the `old` one, as a merge patch of
+/// the object's status subresource.
+pub(crate) async fn write_status<K, S>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    old: &S,
+    status: &S,
+) -> Result<(), ReconcileError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: PartialEq + serde::Serialize,
+{
+    if status == old {
+        return Ok(());
+    }
+    kube::Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({ "status": status })),
+        )
+        .await
+        .map_err(ReconcileError::Status)?;
+    Ok(())
+}
+
+/// Any failure of the controllers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A ReplicaSet reconcile failed.
+    /// A reconcile failed.
     #[error(transparent)]
-    ReplicaSet(#[from] replicaset::Error),
-    /// A Deployment reconcile failed.
-    #[error(transparent)]
-    Deployment(#[from] deployment::Error),
-    /// A Job reconcile failed.
-    #[error(transparent)]
-    Job(#[from] job::Error),
-    /// A DaemonSet reconcile failed.
-    #[error(transparent)]
-    DaemonSet(#[from] daemonset::Error),
+    Reconcile(#[from] ReconcileError),
     /// The controllers could not run.
     #[error(transparent)]
     Run(#[from] run::RunError),

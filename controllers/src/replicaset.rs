@@ -6,35 +6,22 @@
 //! [`pods::deletion_order`], and writes the status. Finished pods (`Succeeded`,
 //! `Failed`) and pods being deleted do not count, so they are replaced.
 
-use crate::children::{self, ChildError};
-use crate::pods::{self, Matcher, SelectorError};
-use crate::run::{Context, event_ref};
+use crate::children;
+use crate::pods::{self, Matcher};
+use crate::run::Context;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Failures of a ReplicaSet reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object lacks a field every stored ReplicaSet has.
-    #[error("replica set without {0}")]
-    Missing(&'static str),
-    /// Its selector cannot be used.
-    #[error(transparent)]
-    Selector(#[from] SelectorError),
-    /// A write to a pod failed.
-    #[error(transparent)]
-    Child(#[from] ChildError),
-    /// Writing the status failed.
-    #[error("writing the status: {0}")]
-    Status(#[source] kube::Error),
-}
+/// Failures of a reconcile.
+pub use crate::ReconcileError as Error;
+
+/// How errors name this kind.
+const KIND: &str = "replica set";
 
 /// Pods created at once at most, per reconcile (the rest wait for the next one).
 const BURST: usize = 500;
@@ -89,9 +76,8 @@ pub fn count(
 /// Reconcile one ReplicaSet.
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = rs.name_any();
-    let ns = rs.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = rs.uid().ok_or(Error::Missing("uid"))?;
-    let spec = rs.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let (ns, uid) = crate::identity(rs.as_ref(), KIND)?;
+    let spec = rs.spec.as_ref().ok_or(Error::missing(KIND, "spec"))?;
     let matcher = Matcher::new(Some(&spec.selector))?;
     let owner = pods::controller_ref("apps/v1", "ReplicaSet", &name, &uid);
     let deleting = pods::terminating(&rs.metadata);
@@ -109,35 +95,19 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     if !deleting {
         if active.len() < want {
             let Some(template) = template else {
-                return Err(Error::Missing("spec.template"));
+                return Err(Error::missing(KIND, "spec.template"));
             };
             let n = (want - active.len()).min(BURST);
             let pod = children::pod_from_template(template, &format!("{name}-"), &ns, owner);
-            let (created, error) = children::create_pods(&ctx, &uid, &pod, n).await;
-            for p in &created {
-                ctx.recorder.normal(
-                    &event_ref(rs.as_ref()),
-                    "SuccessfulCreate",
-                    format!("Created pod: {p}"),
-                );
-            }
+            let (created, error) = children::create_pods(&ctx, rs.as_ref(), &pod, n).await;
             tracing::info!(replicaset = %name, namespace = %ns, created = created.len(), "created pods");
             if let Some(e) = error {
-                ctx.recorder
-                    .warning(&event_ref(rs.as_ref()), "FailedCreate", e.to_string());
                 return Err(e.into());
             }
         } else if active.len() > want {
             active.sort_by(|a, b| pods::deletion_order(a, b));
             let victims: Vec<Arc<Pod>> = active.drain(..active.len() - want).collect();
-            children::delete_pods(&ctx, &uid, &victims).await?;
-            for p in &victims {
-                ctx.recorder.normal(
-                    &event_ref(rs.as_ref()),
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", p.name_any()),
-                );
-            }
+            children::delete_pods(&ctx, rs.as_ref(), &victims).await?;
             tracing::info!(replicaset = %name, namespace = %ns, deleted = victims.len(), "deleted surplus pods");
         }
     }
@@ -156,16 +126,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         conditions: old.conditions.clone(),
         terminating_replicas: old.terminating_replicas,
     };
-    if status != old {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(Error::Status)?;
-    }
+    crate::write_status::<ReplicaSet, _>(&ctx.client, &ns, &name, &old, &status).await?;
     Ok(match c.next_available_in {
         Some(s) => Action::requeue(Duration::from_secs(s.unsigned_abs())),
         None => Action::await_change(),

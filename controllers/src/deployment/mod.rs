@@ -14,8 +14,8 @@
 pub mod hash;
 pub mod rollout;
 
-use crate::children::{self, ChildError};
-use crate::pods::{self, Matcher, SelectorError};
+use crate::children;
+use crate::pods::{self, Matcher};
 use crate::run::{Context, event_ref};
 use hash::{LABEL, template_hash, without_hash};
 use jiff::Timestamp;
@@ -26,7 +26,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use rollout::RolloutError;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,31 +35,11 @@ use std::time::Duration;
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
-/// Failures of a Deployment reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object lacks a field every stored Deployment has.
-    #[error("deployment without {0}")]
-    Missing(&'static str),
-    /// Its selector cannot be used.
-    #[error(transparent)]
-    Selector(#[from] SelectorError),
-    /// Its strategy's numbers cannot be used.
-    #[error(transparent)]
-    Rollout(#[from] RolloutError),
-    /// Claiming a ReplicaSet failed.
-    #[error(transparent)]
-    Child(#[from] ChildError),
-    /// An API call failed.
-    #[error("{action}: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The error.
-        #[source]
-        source: kube::Error,
-    },
-}
+/// Failures of a reconcile.
+pub use crate::ReconcileError as Error;
+
+/// How errors name this kind.
+const KIND: &str = "deployment";
 
 fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
@@ -152,7 +131,7 @@ impl Rollout<'_> {
         replicas: i32,
         revision: i64,
     ) -> Result<Option<ReplicaSet>, Error> {
-        let spec = self.d.spec.as_ref().ok_or(Error::Missing("spec"))?;
+        let spec = self.d.spec.as_ref().ok_or(Error::missing(KIND, "spec"))?;
         let mut template = spec.template.clone();
         let meta = template.metadata.get_or_insert_with(Default::default);
         meta.labels
@@ -231,9 +210,8 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let name = d.name_any();
-    let ns = d.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = d.uid().ok_or(Error::Missing("uid"))?;
-    let spec = d.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let (ns, uid) = crate::identity(d.as_ref(), KIND)?;
+    let spec = d.spec.as_ref().ok_or(Error::missing(KIND, "spec"))?;
     let matcher = Matcher::new(Some(&spec.selector))?;
     let owner = pods::controller_ref("apps/v1", "Deployment", &name, &uid);
     let claimed =
@@ -391,16 +369,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     if complete {
         cleanup(&ctx, &d, &sets, new_idx, &ns).await?;
     }
-    if status != old_status {
-        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-            .map_err(api_err("writing the status"))?;
-    }
+    crate::write_status::<Deployment, _>(&ctx.client, &ns, &name, &old_status, &status).await?;
     // Wake up when the progress deadline passes, to report it.
     let deadline = spec
         .progress_deadline_seconds
@@ -543,6 +512,14 @@ fn compute_status(
         Some(n) => format!("ReplicaSet \"{n}\""),
         None => format!("Deployment \"{}\"", d.name_any()),
     };
+    let progressing = || {
+        cond(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("{subject} is progressing."),
+        )
+    };
     let paused = spec.and_then(|s| s.paused).unwrap_or(false);
     let n = |o: Option<i32>| o.unwrap_or(0);
     let progressed = n(s.updated_replicas) > n(old.updated_replicas)
@@ -589,17 +566,7 @@ fn compute_status(
             now,
         );
     } else if progressed {
-        set_condition(
-            &mut conds,
-            cond(
-                "Progressing",
-                "True",
-                "ReplicaSetUpdated",
-                format!("{subject} is progressing."),
-            ),
-            true,
-            now,
-        );
+        set_condition(&mut conds, progressing(), true, now);
     } else {
         let current = conds.iter().find(|c| c.type_ == "Progressing").cloned();
         let deadline = spec.and_then(|s| s.progress_deadline_seconds);
@@ -623,17 +590,7 @@ fn compute_status(
                     || c.status == "Unknown"
                 {
                     // A new rollout (or a resumed one) started: it is progressing now.
-                    set_condition(
-                        &mut conds,
-                        cond(
-                            "Progressing",
-                            "True",
-                            "ReplicaSetUpdated",
-                            format!("{subject} is progressing."),
-                        ),
-                        true,
-                        now,
-                    );
+                    set_condition(&mut conds, progressing(), true, now);
                 }
             }
             Some(_) => {}

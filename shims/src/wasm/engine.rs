@@ -25,10 +25,11 @@ pub(crate) fn build(cfg: &WasmConfig) -> Result<(Engine, bool), Error> {
     config.max_wasm_stack(cfg.max_wasm_stack);
     config.async_stack_size(cfg.max_wasm_stack + 1024 * 1024);
 
+    let mem_total = mem_total_bytes();
     let slots = match cfg.pool {
         PoolSize::Off => None,
         PoolSize::Slots(n) => Some(n.max(1)),
-        PoolSize::Auto => Some(auto_slots(mem_total_bytes())),
+        PoolSize::Auto => Some(auto_slots(mem_total)),
     };
     if let Some(slots) = slots {
         let mut pool = PoolingAllocationConfig::new();
@@ -37,10 +38,10 @@ pub(crate) fn build(cfg: &WasmConfig) -> Result<(Engine, bool), Error> {
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(2))
             .total_stacks(slots)
-            .max_memory_size(max_memory_bytes(mem_total_bytes()))
+            .max_memory_size(max_memory_bytes(mem_total))
             .linear_memory_keep_resident(
                 cfg.keep_resident
-                    .unwrap_or_else(|| keep_resident_bytes(mem_total_bytes())),
+                    .unwrap_or_else(|| keep_resident_bytes(mem_total)),
             )
             .table_keep_resident(TABLE_KEEP_RESIDENT);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
