@@ -509,6 +509,7 @@ async fn jobs_complete_or_fail_on_their_pods() {
     // Two completions, one at a time: complete once both pods succeeded.
     apply(&s, &job("done", 2, 1, 6, "Succeeded"));
     kubectl_wait(&s, "complete", "job/done");
+    wait_event(&client, "done", "SuccessfulCreate").await;
     let j = jobs.get("done").await.unwrap();
     let st = j.status.clone().unwrap();
     assert_eq!(
@@ -687,6 +688,7 @@ async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
     );
     apply(&s, AGENT);
     let out = s.kubectl_ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    wait_event(&client, "agent", "SuccessfulCreate").await;
     assert!(out.contains("successfully rolled out"), "{out}");
     let row = s.kubectl_ok(&["get", "ds", "agent", "--no-headers"]);
     let cols: Vec<&str> = row.split_whitespace().collect();
