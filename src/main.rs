@@ -45,6 +45,16 @@ enum Command {
         /// elsewhere).
         #[arg(long)]
         no_controllers: bool,
+        /// Time a client has for the TLS handshake and each request's headers, e.g.
+        /// `10s`; slower clients are disconnected.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        request_header_timeout: std::time::Duration,
+        /// Client connections the apiserver holds open at once; more are closed at once.
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
+        /// Client connections one address may hold open at once.
+        #[arg(long, default_value_t = 1024)]
+        max_connections_per_ip: usize,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -114,8 +124,24 @@ enum Command {
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
     },
+    /// Manage how Secrets are kept at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored Secret with a new key and drop the old key (stop the server
+    /// first; the store is opened exclusively).
+    RotateKey {
+        /// The server's state directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +191,20 @@ struct NodeArgs {
     /// Extra node label, `key=value` (repeatable).
     #[arg(long = "node-label", value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
+    /// Time a client of the node's logs endpoint or of a pod's HTTP port has for each
+    /// request's headers (and the TLS handshake), e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    http_header_timeout: std::time::Duration,
+    /// Connections the logs endpoint, and each Wasm HTTP service, holds open at once.
+    #[arg(long, default_value_t = 1024)]
+    http_max_connections: usize,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 10s or 1m30s: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -209,6 +249,11 @@ fn agent_config(
         wasm_keep_resident_mib: args.wasm_keep_resident_mib,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,
+        http_limits: skiff_api::listen::Limits {
+            header_read_timeout: args.http_header_timeout,
+            max_connections: args.http_max_connections,
+            max_connections_per_ip: args.http_max_connections,
+        },
     })
 }
 
@@ -435,6 +480,9 @@ fn main() -> anyhow::Result<()> {
             node_name,
             no_scheduler,
             no_controllers,
+            request_header_timeout,
+            max_connections,
+            max_connections_per_ip,
             node,
         } => {
             init_logs();
@@ -445,6 +493,11 @@ fn main() -> anyhow::Result<()> {
                     data_dir: data_dir.clone(),
                     bind,
                     port,
+                    limits: skiff_api::listen::Limits {
+                        header_read_timeout: request_header_timeout,
+                        max_connections,
+                        max_connections_per_ip,
+                    },
                 };
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let stop = async move {
@@ -513,6 +566,20 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("skiff server (data dir {})", data_dir.display()))
             })
+        }
+        Command::Secrets {
+            command: SecretsCommand::RotateKey { data_dir },
+        } => {
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            let r = skiff_api::server::rotate_encryption_key(&dir)
+                .with_context(|| format!("rotating the encryption key of {}", dir.display()))?;
+            println!(
+                "{} Secrets sealed with the new key {}; the old key is gone from {}",
+                r.secrets,
+                r.key,
+                skiff_api::server::encryption_key_file(&dir).display()
+            );
+            Ok(())
         }
         Command::Push {
             file,

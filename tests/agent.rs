@@ -402,11 +402,28 @@ async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
         }));
     }
     agent.kill9();
+    // With the old agent dead, mark the stored status stale (the restart count, which
+    // the agent carries over from the API, is left as it was): whatever state the pod
+    // shows after this was written by the restarted agent, not left by the old one.
+    let stale = serde_json::json!({"status": {"phase": "Unknown", "containerStatuses": [{
+        "name": "app", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "StaleForTest"}},
+    }]}});
+    pods.patch_status(
+        "steady",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&stale),
+    )
+    .await
+    .unwrap();
     agent.restart();
     // The restarted agent finds the running instance and says so.
     wait_event(&client, "steady", "Adopted").await;
-    let after = pods.get("steady").await.unwrap();
-    assert!(running(&after));
+    let after = wait_for(&pods, "steady", "status rewritten by the new agent", |p| {
+        status(Some(p)).is_some_and(|c| c.state.and_then(|s| s.running).is_some())
+    })
+    .await;
+    assert!(running(&after), "{:#?}", after.status);
     // Let the load run a little past the restart, then stop it.
     let (code, _) = http_get(port, "/after-restart").await.unwrap();
     assert_eq!(code, 200);

@@ -12,7 +12,12 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), skiff_api::server::ServerError> {
 //! use skiff_api::server::{run, ServerConfig};
-//! let cfg = ServerConfig { data_dir: "/tmp/skiff".into(), bind: [127, 0, 0, 1].into(), port: 6443 };
+//! let cfg = ServerConfig {
+//!     data_dir: "/tmp/skiff".into(),
+//!     bind: [127, 0, 0, 1].into(),
+//!     port: 6443,
+//!     limits: Default::default(),
+//! };
 //! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
 //! # }
 //! ```
@@ -26,6 +31,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod https;
+pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod patch;

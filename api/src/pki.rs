@@ -60,6 +60,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
+/// Create `dir` (and its parents) if missing, and make it accessible to its owner only
+/// (0700), also when an older version left it open.
+pub fn private_dir(dir: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+}
+
 /// Write a file readable only by its owner, atomically (temp file, then rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
@@ -152,8 +160,9 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 /// Load or create the credentials under `dir`; the serving certificate names `sans`;
 /// the kubeconfig points at `server_url`.
 pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentials, PkiError> {
+    private_dir(dir)?;
     let pki = dir.join("pki");
-    std::fs::create_dir_all(&pki).map_err(io(&pki))?;
+    private_dir(&pki)?;
     let ca_key_pem = read_or_create(&pki.join("ca.key"), || {
         Ok(KeyPair::generate()?.serialize_pem())
     })?;

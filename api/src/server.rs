@@ -4,11 +4,10 @@
 
 use crate::apiserver::{self, Api};
 use crate::auth::Auth;
+use crate::listen::{self, Gate, Limits};
 use crate::pki::{self, Credentials};
+use crate::store::seal::{self, Sealer};
 use crate::store::{RedbStore, StoreConfig, StoreError};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +22,8 @@ pub struct ServerConfig {
     pub bind: IpAddr,
     /// Port.
     pub port: u16,
+    /// Header-read timeout and connection caps.
+    pub limits: Limits,
 }
 
 /// Failures that stop the server.
@@ -48,6 +49,66 @@ pub enum ServerError {
     /// Bootstrapping built-in objects failed.
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+}
+
+/// The store file of a data directory.
+pub fn store_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store.redb")
+}
+
+/// The file holding the keys Secrets are sealed with at rest.
+pub fn encryption_key_file(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("pki").join("encryption-keys")
+}
+
+/// What `skiff secrets rotate-key` did.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The new key's name.
+    pub key: String,
+    /// Secrets now sealed with it.
+    pub secrets: usize,
+}
+
+/// Seal every stored Secret with a new key and drop the old ones (`skiff secrets
+/// rotate-key`). The server must be stopped: the store file is opened exclusively. A
+/// crash at any step leaves every Secret readable: the old keys are dropped only once
+/// everything is sealed with the new one.
+pub fn rotate_encryption_key(data_dir: &std::path::Path) -> Result<Rotated, ServerError> {
+    let keys = encryption_key_file(data_dir);
+    let store_path = store_file(data_dir);
+    let be = |e: seal::SealError| ServerError::Store(StoreError::Backend(e.to_string()));
+    if !store_path.exists() {
+        return Err(ServerError::Store(StoreError::Backend(format!(
+            "no store at {}: is this the server's data directory?",
+            store_path.display()
+        ))));
+    }
+    // Refuse before touching the key file if a server holds the store.
+    drop(open_exclusive(&store_path, &keys)?);
+    let key = seal::add_primary_key(&keys).map_err(be)?;
+    let store = open_exclusive(&store_path, &keys)?;
+    let secrets = store.count_prefix("core/secrets/");
+    drop(store);
+    seal::drop_old_keys(&keys).map_err(be)?;
+    Ok(Rotated { key, secrets })
+}
+
+fn open_exclusive(
+    store: &std::path::Path,
+    keys: &std::path::Path,
+) -> Result<RedbStore, ServerError> {
+    let sealer = Sealer::load_or_create(keys)
+        .map_err(|e| ServerError::Store(StoreError::Backend(e.to_string())))?;
+    RedbStore::open(StoreConfig::new(store).with_sealer(Arc::new(sealer))).map_err(|e| match e {
+        StoreError::Backend(m) if m.contains("already open") || m.contains("lock") => {
+            ServerError::Store(StoreError::Backend(format!(
+                "{}: the store is in use (stop `skiff server` first): {m}",
+                store.display()
+            )))
+        }
+        e => ServerError::Store(e),
+    })
 }
 
 fn hostname() -> Option<String> {
@@ -111,15 +172,13 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send,
     ready: impl FnOnce(&Running),
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ServerError::Pki(pki::PkiError::Io {
-            path: config.data_dir.clone(),
-            source: e,
-        })
-    })?;
-    let store = Arc::new(RedbStore::open(StoreConfig::new(
-        config.data_dir.join("store.redb"),
-    ))?);
+    pki::private_dir(&config.data_dir)?;
+    pki::private_dir(&config.data_dir.join("pki"))?;
+    let sealer = Sealer::load_or_create(&encryption_key_file(&config.data_dir))
+        .map_err(|e| ServerError::Store(StoreError::Backend(e.to_string())))?;
+    let store = Arc::new(RedbStore::open(
+        StoreConfig::new(store_file(&config.data_dir)).with_sealer(Arc::new(sealer)),
+    )?);
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -142,11 +201,26 @@ pub async fn run(
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&creds)?));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let metrics_store = store.clone();
+    let gate = Arc::new(Gate::default());
+    let metrics_gate = gate.clone();
     let api = Api::with_metrics(
         store.clone(),
         Auth::from_credentials(&creds),
         shutdown_rx,
-        Box::new(move || metrics_store.metrics_text()),
+        Box::new(move || {
+            let mut text = metrics_store.metrics_text();
+            text.push_str(&format!(
+                "# HELP skiff_apiserver_open_connections Client connections open now.\n\
+                 # TYPE skiff_apiserver_open_connections gauge\n\
+                 skiff_apiserver_open_connections {}\n\
+                 # HELP skiff_apiserver_refused_connections_total Connections closed at once for being past a connection cap.\n\
+                 # TYPE skiff_apiserver_refused_connections_total counter\n\
+                 skiff_apiserver_refused_connections_total {}\n",
+                metrics_gate.open(),
+                metrics_gate.refused()
+            ));
+            text
+        }),
     );
     api.bootstrap()
         .await
@@ -160,57 +234,20 @@ pub async fn run(
         router: router.clone(),
     });
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http2().max_concurrent_streams(1000);
-        b
-    };
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let tls = tls.clone();
-                let service = TowerToHyperService::new(router.clone());
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = watcher.watch(conn.into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    tracing::info!("shutting down: closing watches and finishing requests");
-    let _ = shutdown_tx.send(true);
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not finish within 10s");
-    }
+    listen::serve_tls(
+        listener,
+        tls,
+        router.clone(),
+        config.limits,
+        gate,
+        async move {
+            stop.await;
+            tracing::info!("shutting down: closing watches and finishing requests");
+            let _ = shutdown_tx.send(true);
+        },
+        Duration::from_secs(10),
+    )
+    .await;
     drop(router);
     drop(api);
     // The store's writer thread commits what is queued and exits when the last handle

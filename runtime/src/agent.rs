@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub wasm_keep_resident_mib: Option<u64>,
     /// Pod sandboxes.
     pub sandboxes: Arc<dyn Sandboxes>,
+    /// Header-read timeout and connection caps of the logs endpoint; the timeout and
+    /// total cap also apply to each Wasm HTTP service's ports.
+    pub http_limits: skiff_api::listen::Limits,
 }
 
 /// Why the agent stopped.
@@ -244,11 +247,16 @@ fn comparable(status: &serde_json::Value) -> serde_json::Value {
     s
 }
 
+/// Create a directory of the agent's state, accessible to its owner only (0700): it
+/// holds pods' secret volumes, logs and the node's credentials.
 fn mkdir(p: &std::path::Path) -> Result<(), AgentError> {
-    std::fs::create_dir_all(p).map_err(|source| AgentError::Io {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| AgentError::Io {
         path: p.display().to_string(),
         source,
-    })
+    };
+    std::fs::create_dir_all(p).map_err(err)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 /// Start the agent; returns once the Node is registered and pods are being watched,
@@ -259,6 +267,7 @@ pub async fn start(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(Started, impl std::future::Future<Output = ()> + Send), AgentError> {
     let dir = cfg.data_dir.clone();
+    mkdir(&dir)?;
     for d in ["pods", "artifacts", "pki"] {
         mkdir(&dir.join(d))?;
     }
@@ -292,8 +301,9 @@ pub async fn start(
     let logs_addr = listener.local_addr().unwrap_or(addr);
     let registry = LogRegistry::default();
     let log_router = logserver::router(registry.clone(), cfg.token.clone());
+    let http_limits = cfg.http_limits;
     let log_task = tokio::spawn(async move {
-        if let Err(e) = logserver::serve(listener, &cert, log_router).await {
+        if let Err(e) = logserver::serve(listener, &cert, log_router, http_limits).await {
             tracing::error!(error = %e, "logs endpoint stopped");
         }
     });
@@ -342,6 +352,7 @@ pub async fn start(
         recorder: Recorder::new(client.clone(), "kubelet", &cfg.node_name),
         logs: registry,
         adopted: Mutex::new(adopted),
+        http_limits: cfg.http_limits,
     });
     let node_name = cfg.node_name.clone();
     let run = async move {

@@ -28,6 +28,7 @@
 //!     wasm_keep_resident_mib: None,
 //!     exe: std::env::current_exe().unwrap_or_default(),
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
+//!     http_limits: Default::default(),
 //! };
 //! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;
 //! println!("logs endpoint on {}", started.logs_addr);

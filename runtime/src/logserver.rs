@@ -285,14 +285,14 @@ pub fn router(registry: LogRegistry, token: String) -> Router {
         })
 }
 
-/// Serve the endpoint on `listener` with `cert` until the task is dropped.
+/// Serve the endpoint on `listener` with `cert`, within `limits`, until the task is
+/// dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cert: &ServingCert,
     router: Router,
+    limits: skiff_api::listen::Limits,
 ) -> Result<(), LogServerError> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
     let certs = rustls_pemfile::certs(&mut cert.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LogServerError::Cert(e.to_string()))?;
@@ -307,28 +307,16 @@ pub async fn serve(
         .with_single_cert(certs, key)
         .map_err(|e| LogServerError::Cert(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(error) => {
-                // EMFILE and the like: back off instead of spinning on the error.
-                tracing::warn!(%error, "log server accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
+    let gate = Arc::new(skiff_api::listen::Gate::default());
+    skiff_api::listen::serve_tls(
+        listener,
+        acceptor,
+        router,
+        limits,
+        gate,
+        std::future::pending(),
+        Duration::ZERO,
+    )
+    .await;
+    Ok(())
 }

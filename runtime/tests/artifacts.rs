@@ -64,9 +64,7 @@ async fn push_module(reg: &TestRegistry, repo_tag: &str, bytes: &[u8]) -> String
 #[tokio::test]
 async fn push_then_pull_cncf_round_trip() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let dir = tempfile::tempdir().expect("tempdir");
     let bytes = module(1);
     let file = write_file(dir.path(), "hello.wasm", &bytes);
@@ -170,9 +168,7 @@ async fn push_then_pull_cncf_round_trip() {
 #[tokio::test]
 async fn pulls_spin_wasm_to_oci_and_single_wasm_layer_layouts() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let client = reg.client();
     let anon = RegistryAuth::Anonymous;
     let (_d, store) = store().await;
@@ -272,9 +268,7 @@ async fn pulls_spin_wasm_to_oci_and_single_wasm_layer_layouts() {
 #[tokio::test]
 async fn pulls_image_whose_layer_holds_one_wasm_file() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let client = reg.client();
     let anon = RegistryAuth::Anonymous;
     let (_d, store) = store().await;
@@ -394,9 +388,7 @@ async fn pulls_image_whose_layer_holds_one_wasm_file() {
 #[tokio::test]
 async fn image_index_prefers_wasi_then_linux() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let client = reg.client();
     let anon = RegistryAuth::Anonymous;
     let (_d, store) = store().await;
@@ -527,9 +519,7 @@ async fn image_index_prefers_wasi_then_linux() {
 #[tokio::test]
 async fn tampered_registry_blob_is_invalid_artifact() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let bytes = module(40);
     push_module(&reg, "tampered:1", &bytes).await;
     support::tamper(&reg.blob_data(&sha256(&bytes)));
@@ -558,9 +548,7 @@ async fn tampered_registry_blob_is_invalid_artifact() {
 #[tokio::test]
 async fn missing_artifact_is_err_image_pull_with_registry_reason() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     push_module(&reg, "present:1", &module(50)).await;
     let (_d, store) = store().await;
 
@@ -613,9 +601,7 @@ async fn missing_artifact_is_err_image_pull_with_registry_reason() {
 #[tokio::test]
 async fn non_wasm_bytes_are_invalid_artifact() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let client = reg.client();
     push_layout(
         &client,
@@ -678,9 +664,7 @@ async fn non_wasm_bytes_are_invalid_artifact() {
 #[tokio::test]
 async fn pull_policies_follow_kubernetes() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let reference = reg.reference("app:latest");
     let first = module(60);
     let first_digest = push_module(&reg, "app:latest", &first).await;
@@ -763,9 +747,7 @@ async fn pull_policies_follow_kubernetes() {
 #[tokio::test]
 async fn basic_auth_with_dockerconfigjson_credentials() {
     init_tracing();
-    let Some(reg) = support::registry_with_auth("alice", "s3cret") else {
-        return;
-    };
+    let reg = support::registry_with_auth("alice", "s3cret");
     let dir = tempfile::tempdir().expect("tempdir");
     let bytes = module(70);
     let file = write_file(dir.path(), "a.wasm", &bytes);
@@ -820,9 +802,7 @@ async fn basic_auth_with_dockerconfigjson_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_pulls_download_once() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let bytes = module(110);
     push_module(&reg, "shared:1", &bytes).await;
     push_module(&reg, "shared:2", &bytes).await;
@@ -951,17 +931,14 @@ async fn import_wasm_for_never_policy_and_images_lists_it() {
 #[tokio::test]
 async fn import_skopeo_oci_archive() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
-    if std::process::Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: skopeo is not installed (Debian package skopeo)");
-        return;
-    }
+    let reg = support::registry();
+    assert!(
+        std::process::Command::new("skopeo")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "skopeo is not installed (Debian package skopeo; scripts/test.sh installs it)"
+    );
     let client = reg.client();
     let wasm = module(90);
     push_layout(
@@ -1016,9 +993,7 @@ async fn import_skopeo_oci_archive() {
 #[tokio::test]
 async fn corrupt_cached_blob_is_detected_and_pulled_again() {
     init_tracing();
-    let Some(reg) = support::registry() else {
-        return;
-    };
+    let reg = support::registry();
     let bytes = module(100);
     push_module(&reg, "fragile:1", &bytes).await;
     let reference = reg.reference("fragile:1");

@@ -48,8 +48,13 @@ pub struct Artifact {
 /// A host directory made visible to the guest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
-    /// Directory on the host.
+    /// Directory on the host: the volume's root.
     pub host_path: PathBuf,
+    /// A directory inside `host_path` to mount instead of all of it (a `subPath`),
+    /// resolved by the executor without leaving `host_path` ([`crate::mounts`]) and
+    /// created if missing; empty mounts the whole volume.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
     /// Path the guest sees it under (e.g. `/data`).
     pub guest_path: String,
     /// The guest may read but not create, write or delete.
@@ -92,6 +97,20 @@ pub struct HttpSpec {
     pub listeners: Vec<Listener>,
     /// Deadline of one request; past it the handler is interrupted and the client gets 504.
     pub request_timeout: Duration,
+    /// Deadline for a request's headers; a client slower than that is disconnected.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once over all listeners; past it a new one is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 /// One listening socket, optionally inside a network namespace.

@@ -10,6 +10,8 @@
 //!   [`host::serve`] behind a unix socket, and [`host::Client`], which implements
 //!   [`Executor`] for the agent.
 //! - [`logs`] — the CRI-format container log files both write.
+//! - [`mounts`] — opening a volume's `subPath` without leaving the volume, which every
+//!   executor must use for what a spec mounts.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), skiff_shims::Error> {
@@ -26,6 +28,7 @@
 pub mod executor;
 pub mod host;
 pub mod logs;
+pub mod mounts;
 pub mod wasm;
 
 pub use executor::{

@@ -21,6 +21,8 @@ fn proxy_spec(node: &Node, id: &str, timeout: Duration) -> ContainerSpec {
             netns: None,
         }],
         request_timeout: timeout,
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 1024,
     });
     spec
 }
@@ -132,6 +134,56 @@ async fn proxy_serves_traps_500_times_out_504_and_keeps_serving() {
     );
 }
 
+/// Whether the server closes `stream` within `within` (reads reach the end).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_the_connection_cap_holds() {
+    let node = node();
+    let mut spec = proxy_spec(&node, "capped", Duration::from_secs(5));
+    if let Some(h) = spec.http.as_mut() {
+        h.header_read_timeout = Duration::from_secs(1);
+        h.max_connections = 4;
+    }
+    let info = node.executor.run(spec).await.unwrap();
+    let addr = info.listening[0];
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HT").await.unwrap();
+        slow.push(s);
+    }
+    // The fifth is closed at once; the four are held until their headers time out.
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut fifth, Duration::from_millis(500)).await);
+    for s in &mut slow {
+        assert!(!closed_within(s, Duration::from_millis(10)).await);
+    }
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "slow client kept"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // With them gone, requests are served.
+    assert_eq!(get(addr, "/").await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_request_past_memory_limit_gets_500() {
     let node = node();
@@ -213,10 +265,10 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_lives_in_the_named_network_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
-        return;
-    }
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces); CI runs as root"
+    );
     let name = format!("skiff-shims-test-{}", std::process::id());
     let ip = |args: &[&str]| {
         std::process::Command::new("ip")
@@ -225,10 +277,10 @@ async fn listener_lives_in_the_named_network_namespace() {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    if !ip(&["netns", "add", &name]) {
-        eprintln!("skipped: `ip netns add` failed");
-        return;
-    }
+    assert!(
+        ip(&["netns", "add", &name]),
+        "`ip netns add {name}` failed (iproute2 missing, or no permission)"
+    );
     struct Cleanup(String);
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -248,6 +300,8 @@ async fn listener_lives_in_the_named_network_namespace() {
             netns: Some(format!("/run/netns/{name}").into()),
         }],
         request_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 16,
     });
     node.executor.run(spec).await.unwrap();
 

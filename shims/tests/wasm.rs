@@ -201,11 +201,13 @@ async fn mounts_are_all_the_guest_sees_and_read_only_holds() {
     spec.mounts = vec![
         Mount {
             host_path: ro.clone(),
+            sub_path: String::new(),
             guest_path: "/data".into(),
             read_only: true,
         },
         Mount {
             host_path: rw.clone(),
+            sub_path: String::new(),
             guest_path: "/scratch".into(),
             read_only: false,
         },
@@ -224,11 +226,55 @@ async fn missing_mount_cannot_run() {
     let mut spec = node.spec("nomount", node.wat("hello", HELLO));
     spec.mounts = vec![Mount {
         host_path: node.dir.path().join("absent"),
+        sub_path: String::new(),
         guest_path: "/data".into(),
         read_only: true,
     }];
     let err = node.executor.run(spec).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ContainerCannotRun, "{err}");
+}
+
+/// A guest of an earlier container left `up -> ../..` in a volume; mounting that
+/// subPath must not hand the next guest the directory it points to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_path_through_a_planted_symlink_cannot_run() {
+    let node = node();
+    let vol = node.dir.path().join("vol");
+    std::fs::create_dir_all(vol.join("ok")).unwrap();
+    std::os::unix::fs::symlink("../..", vol.join("up")).unwrap();
+    std::fs::write(vol.join("ok/hello.txt"), "mounted file\n").unwrap();
+    let mount = |sub: &str| Mount {
+        host_path: vol.clone(),
+        sub_path: sub.into(),
+        guest_path: "/data".into(),
+        read_only: true,
+    };
+    let mut spec = node.spec("escape", node.wat("fs", FS_PROBE));
+    spec.mounts = vec![mount("up")];
+    let err = node.executor.run(spec).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ContainerCannotRun, "{err}");
+    assert!(
+        err.to_string()
+            .contains("subPath \"up\" resolves outside of its volume"),
+        "{err}"
+    );
+    // The same volume through a subPath that stays inside works.
+    let mut spec = node.spec("inside", node.wat("fs", FS_PROBE));
+    let scratch = node.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    spec.mounts = vec![
+        mount("ok"),
+        Mount {
+            host_path: scratch,
+            sub_path: String::new(),
+            guest_path: "/scratch".into(),
+            read_only: false,
+        },
+    ];
+    node.executor.run(spec).await.unwrap();
+    let status = node.executor.wait("inside").await.unwrap();
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(node.log("inside"), ["stdout F mounted file"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,10 @@
 //! turns into `410 Gone` so a client re-lists.
 //!
 //! [`RedbStore`] is the embedded implementation; an etcd implementation can sit behind
-//! the same trait.
+//! the same trait. Secrets are sealed on disk with the keys of [`seal`].
 
 mod redb_store;
+pub mod seal;
 
 pub use redb_store::{RedbStore, StoreConfig};
 

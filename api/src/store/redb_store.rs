@@ -12,6 +12,7 @@
 //! (revision counters). The log is compacted by age and count, which keeps the file
 //! bounded: redb reuses the freed pages.
 
+use super::seal::{self, Sealer};
 use super::{
     ConflictReason, Event, EventKind, KeyValue, ListOptions, ListResult, Op, Precondition,
     Revision, Store, StoreError, TxnResult, Watch,
@@ -43,6 +44,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Committed batches buffered for each watcher before it is dropped as too slow.
     pub watch_buffer: usize,
+    /// Seals the values of [`seal::is_sealed_key`] keys (Secrets) on disk; `None` keeps
+    /// them in the clear.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl StoreConfig {
@@ -54,7 +58,14 @@ impl StoreConfig {
             retain_for: Duration::from_secs(300),
             max_batch: 2048,
             watch_buffer: 8192,
+            sealer: None,
         }
+    }
+
+    /// Seal Secrets on disk with `sealer`.
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 }
 
@@ -106,11 +117,25 @@ impl RedbStore {
         if let Some(dir) = config.path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
+        private_file(&config.path)?;
         let mut db = Database::create(&config.path).map_err(backend)?;
         // Give freed pages back to the file system once per start; cheap on a
         // compacted log.
         db.compact().map_err(backend)?;
-        let state = load(&db)?;
+        let sealer = config.sealer.as_deref();
+        let (state, stale) = load(&db, sealer)?;
+        if let Some(sealer) = sealer
+            && stale.any()
+        {
+            let n = reseal(&db, sealer, &state, &stale)?;
+            tracing::info!(
+                values = n,
+                key = sealer.primary(),
+                "sealed stored Secrets with the current key"
+            );
+            // The plaintext or old-key pages just freed go back to the file system.
+            db.compact().map_err(backend)?;
+        }
         let (live, _) = broadcast::channel(config.watch_buffer.max(16));
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
@@ -134,6 +159,18 @@ impl RedbStore {
         // A poisoned lock means a writer panicked mid-update; the data it guards was
         // only changed after a successful commit, so reading it is still sound.
         self.shared.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many keys start with `prefix`.
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        self.read()
+            .data
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count()
     }
 
     /// Prometheus text for the store's own metrics.
@@ -194,7 +231,40 @@ impl Drop for RedbStore {
     }
 }
 
-fn load(db: &Database) -> Result<State, StoreError> {
+/// Create the store file readable by its owner only, and take that right from anyone
+/// else on an older file.
+fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| backend(format!("{}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| backend(format!("{}: {e}", path.display())))
+}
+
+/// What [`load`] found stored in the clear or under an older key.
+#[derive(Default)]
+struct Stale {
+    keys: Vec<Arc<str>>,
+    log: Vec<Revision>,
+}
+
+impl Stale {
+    fn any(&self) -> bool {
+        !self.keys.is_empty() || !self.log.is_empty()
+    }
+}
+
+/// The value part of an encoded kv record (after the two revisions), if it is long
+/// enough to have one.
+fn raw_value(buf: &[u8]) -> &[u8] {
+    buf.get(16..).unwrap_or_default()
+}
+
+fn load(db: &Database, sealer: Option<&Sealer>) -> Result<(State, Stale), StoreError> {
     let w = db.begin_write().map_err(backend)?;
     {
         // Create the tables on first start.
@@ -216,11 +286,18 @@ fn load(db: &Database) -> Result<State, StoreError> {
         .map(|v| v.value())
         .unwrap_or(0);
     let mut data = BTreeMap::new();
+    let mut stale = Stale::default();
     let kv = r.open_table(KV).map_err(backend)?;
     for row in kv.iter().map_err(backend)? {
         let (k, v) = row.map_err(backend)?;
         let key: Arc<str> = Arc::from(k.value());
-        let kv = decode_kv(key.clone(), v.value())?;
+        if let Some(s) = sealer
+            && seal::is_sealed_key(&key)
+            && s.is_stale(raw_value(v.value()))
+        {
+            stale.keys.push(key.clone());
+        }
+        let kv = decode_kv(key.clone(), v.value(), sealer)?;
         data.insert(key, kv);
     }
     let mut log = VecDeque::new();
@@ -228,14 +305,67 @@ fn load(db: &Database) -> Result<State, StoreError> {
     let lt = r.open_table(LOG).map_err(backend)?;
     for row in lt.range((compacted + 1)..).map_err(backend)? {
         let (rev, v) = row.map_err(backend)?;
-        log.push_back((now, Arc::new(decode_event(rev.value(), v.value())?)));
+        let e = decode_event(rev.value(), v.value(), sealer)?;
+        if let Some(s) = sealer
+            && seal::is_sealed_key(&e.kv.key)
+            && event_is_stale(s, v.value())
+        {
+            stale.log.push(e.revision);
+        }
+        log.push_back((now, Arc::new(e)));
     }
-    Ok(State {
-        data,
-        log,
-        revision,
-        compacted,
-    })
+    Ok((
+        State {
+            data,
+            log,
+            revision,
+            compacted,
+        },
+        stale,
+    ))
+}
+
+/// Whether a log record of a sealed key holds a value in the clear or under an old key.
+fn event_is_stale(sealer: &Sealer, mut buf: &[u8]) -> bool {
+    let parsed = (|| {
+        take(&mut buf, 1, "log")?;
+        let klen = take_u32(&mut buf, "log")?;
+        take(&mut buf, klen, "log")?;
+        let vlen = take_u32(&mut buf, "log")?;
+        let kv = take(&mut buf, vlen, "log")?;
+        let has_prev = take(&mut buf, 1, "log")?[0] != 0;
+        Ok::<_, StoreError>((kv, has_prev.then_some(buf)))
+    })();
+    match parsed {
+        Ok((kv, prev)) => {
+            sealer.is_stale(raw_value(kv)) || prev.is_some_and(|p| sealer.is_stale(raw_value(p)))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Write the stale values found by [`load`] again, sealed with the current key, in one
+/// transaction: revisions and history stay as they were.
+fn reseal(db: &Database, sealer: &Sealer, st: &State, stale: &Stale) -> Result<usize, StoreError> {
+    let w = db.begin_write().map_err(backend)?;
+    {
+        let mut kv = w.open_table(KV).map_err(backend)?;
+        for key in &stale.keys {
+            if let Some(v) = st.data.get(key) {
+                kv.insert(&**key, encode_kv(v, Some(sealer)).as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        let mut log = w.open_table(LOG).map_err(backend)?;
+        for (_, e) in &st.log {
+            if stale.log.binary_search(&e.revision).is_ok() {
+                log.insert(e.revision, encode_event(e, Some(sealer)).as_slice())
+                    .map_err(backend)?;
+            }
+        }
+    }
+    w.commit().map_err(backend)?;
+    Ok(stale.keys.len() + stale.log.len())
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -265,26 +395,47 @@ fn take_u32(buf: &mut &[u8], what: &str) -> Result<usize, StoreError> {
     Ok(u32::from_le_bytes(a) as usize)
 }
 
-fn encode_kv(kv: &KeyValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + kv.value.len());
+fn encode_kv(kv: &KeyValue, sealer: Option<&Sealer>) -> Vec<u8> {
+    let sealed = match sealer {
+        Some(s) if seal::is_sealed_key(&kv.key) => Some(s.seal(&kv.key, &kv.value)),
+        _ => None,
+    };
+    let value = sealed.as_deref().unwrap_or(&kv.value);
+    let mut out = Vec::with_capacity(16 + value.len());
     out.extend_from_slice(&kv.create_revision.to_le_bytes());
     out.extend_from_slice(&kv.mod_revision.to_le_bytes());
-    out.extend_from_slice(&kv.value);
+    out.extend_from_slice(value);
     out
 }
 
-fn decode_kv(key: Arc<str>, mut buf: &[u8]) -> Result<KeyValue, StoreError> {
+fn decode_kv(
+    key: Arc<str>,
+    mut buf: &[u8],
+    sealer: Option<&Sealer>,
+) -> Result<KeyValue, StoreError> {
     let create_revision = take_u64(&mut buf, "kv")?;
     let mod_revision = take_u64(&mut buf, "kv")?;
+    let value = match sealer {
+        Some(s) if seal::is_sealed_key(&key) => match s.open(&key, buf) {
+            Ok(v) => Bytes::from(v.into_owned()),
+            Err(e) => return Err(StoreError::Backend(e.to_string())),
+        },
+        _ if buf.starts_with(b"skiff:enc:") => {
+            return Err(StoreError::Backend(format!(
+                "{key} is encrypted, and the store was opened without its encryption keys"
+            )));
+        }
+        _ => Bytes::copy_from_slice(buf),
+    };
     Ok(KeyValue {
         key,
-        value: Bytes::copy_from_slice(buf),
+        value,
         create_revision,
         mod_revision,
     })
 }
 
-fn encode_event(e: &Event) -> Vec<u8> {
+fn encode_event(e: &Event, sealer: Option<&Sealer>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + e.kv.key.len() + e.kv.value.len());
     out.push(match e.kind {
         EventKind::Put => 0,
@@ -292,19 +443,23 @@ fn encode_event(e: &Event) -> Vec<u8> {
     });
     out.extend_from_slice(&(e.kv.key.len() as u32).to_le_bytes());
     out.extend_from_slice(e.kv.key.as_bytes());
-    let kv = encode_kv(&e.kv);
+    let kv = encode_kv(&e.kv, sealer);
     out.extend_from_slice(&(kv.len() as u32).to_le_bytes());
     out.extend_from_slice(&kv);
     if let Some(p) = &e.prev {
         out.push(1);
-        out.extend_from_slice(&encode_kv(p));
+        out.extend_from_slice(&encode_kv(p, sealer));
     } else {
         out.push(0);
     }
     out
 }
 
-fn decode_event(revision: Revision, mut buf: &[u8]) -> Result<Event, StoreError> {
+fn decode_event(
+    revision: Revision,
+    mut buf: &[u8],
+    sealer: Option<&Sealer>,
+) -> Result<Event, StoreError> {
     let kind = match take(&mut buf, 1, "log")?[0] {
         0 => EventKind::Put,
         1 => EventKind::Delete,
@@ -314,10 +469,10 @@ fn decode_event(revision: Revision, mut buf: &[u8]) -> Result<Event, StoreError>
     let key = std::str::from_utf8(take(&mut buf, klen, "log")?).map_err(|_| corrupt("log"))?;
     let key: Arc<str> = Arc::from(key);
     let vlen = take_u32(&mut buf, "log")?;
-    let kv = decode_kv(key.clone(), take(&mut buf, vlen, "log")?)?;
+    let kv = decode_kv(key.clone(), take(&mut buf, vlen, "log")?, sealer)?;
     let prev = match take(&mut buf, 1, "log")?[0] {
         0 => None,
-        _ => Some(decode_kv(key, buf)?),
+        _ => Some(decode_kv(key, buf, sealer)?),
     };
     Ok(Event {
         kind,
@@ -680,6 +835,7 @@ impl Writer {
     }
 
     fn write(&self, done: &[Pending], revision: Revision) -> Result<(), redb::Error> {
+        let sealer = self.config.sealer.as_deref();
         let w = self.db.begin_write()?;
         {
             let mut kv = w.open_table(KV)?;
@@ -688,13 +844,13 @@ impl Writer {
                 for e in events {
                     match e.kind {
                         EventKind::Put => {
-                            kv.insert(&*e.kv.key, encode_kv(&e.kv).as_slice())?;
+                            kv.insert(&*e.kv.key, encode_kv(&e.kv, sealer).as_slice())?;
                         }
                         EventKind::Delete => {
                             kv.remove(&*e.kv.key)?;
                         }
                     }
-                    log.insert(e.revision, encode_event(e).as_slice())?;
+                    log.insert(e.revision, encode_event(e, sealer).as_slice())?;
                 }
             }
             let mut meta = w.open_table(META)?;

@@ -247,3 +247,94 @@ async fn slow_watcher_is_dropped_not_buffered_forever() {
     }
     assert!(lagged);
 }
+
+fn file_has(path: &std::path::Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn sealed_store(dir: &std::path::Path) -> RedbStore {
+    let sealer = seal::Sealer::load_or_create(&dir.join("keys")).unwrap();
+    RedbStore::open(StoreConfig::new(dir.join("store.redb")).with_sealer(Arc::new(sealer))).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_on_disk_and_resealed_after_a_key_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store.redb");
+    // A store from before encryption: a Secret in the clear, and history of it.
+    {
+        let s = open(dir.path());
+        s.txn(vec![put(
+            "core/secrets/ns/a",
+            "plain-old-value",
+            Precondition::Absent,
+        )])
+        .await
+        .unwrap();
+        s.txn(vec![put(
+            "core/configmaps/ns/c",
+            "visible-config",
+            Precondition::Absent,
+        )])
+        .await
+        .unwrap();
+    }
+    assert!(file_has(&file, "plain-old-value"));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the store file is its owner's only");
+    // Opened with a key: the old value is sealed in place, history and revisions kept.
+    {
+        let s = sealed_store(dir.path());
+        assert_eq!(
+            s.get("core/secrets/ns/a").unwrap().value,
+            Bytes::from("plain-old-value")
+        );
+        assert_eq!(s.revision(), 2);
+        s.txn(vec![put(
+            "core/secrets/ns/b",
+            "new-secret-value",
+            Precondition::Absent,
+        )])
+        .await
+        .unwrap();
+        let w = s.watch("core/secrets/", 0).unwrap();
+        drop(w);
+    }
+    assert!(!file_has(&file, "plain-old-value"), "resealed at open");
+    assert!(!file_has(&file, "new-secret-value"), "sealed when written");
+    assert!(file_has(&file, "visible-config"), "only Secrets are sealed");
+    // A rotation: new key first, reopen (reseals), old key dropped; all still reads.
+    let keys = dir.path().join("keys");
+    let old = std::fs::read_to_string(&keys).unwrap();
+    seal::add_primary_key(&keys).unwrap();
+    drop(sealed_store(dir.path()));
+    seal::drop_old_keys(&keys).unwrap();
+    assert_ne!(std::fs::read_to_string(&keys).unwrap(), old);
+    let s = sealed_store(dir.path());
+    assert_eq!(
+        s.get("core/secrets/ns/a").unwrap().value,
+        Bytes::from("plain-old-value")
+    );
+    assert_eq!(
+        s.get("core/secrets/ns/b").unwrap().value,
+        Bytes::from("new-secret-value")
+    );
+    let history = s.list(
+        "core/secrets/",
+        &ListOptions {
+            revision: Some(1),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        history.unwrap().items.len(),
+        1,
+        "history reads at old revisions"
+    );
+    drop(s);
+    // Without the keys the store refuses to open instead of serving ciphertext.
+    let e = RedbStore::open(StoreConfig::new(&file)).err().unwrap();
+    assert!(e.to_string().contains("encrypted"), "{e}");
+}

@@ -299,8 +299,34 @@ fn container<'a>(
                 "{path}.volumeMounts[{j}].mountPath"
             )));
         }
+        let mp = format!("{path}.volumeMounts[{j}]");
+        for key in ["subPath", "subPathExpr"] {
+            local_descending_path(&format!("{mp}.{key}"), &m[key], out);
+        }
+        let set = |k: &str| m[k].as_str().is_some_and(|s| !s.is_empty());
+        if set("subPath") && set("subPathExpr") {
+            out.push(Cause::invalid(
+                format!("{mp}.subPathExpr"),
+                &m["subPathExpr"],
+                "subPathExpr and subPath are mutually exclusive",
+            ));
+        }
     }
     resources(&format!("{path}.resources"), &c["resources"], out);
+}
+
+/// A path that must stay inside the directory it is relative to (Kubernetes'
+/// `validateLocalDescendingPath`): not absolute, no `..` component. Empty means unset.
+fn local_descending_path(path: &str, v: &Value, out: &mut Vec<Cause>) {
+    let Some(p) = v.as_str().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    if p.starts_with('/') {
+        out.push(Cause::invalid(path, v, "must be a relative path"));
+    }
+    if p.split('/').any(|part| part == "..") {
+        out.push(Cause::invalid(path, v, "must not contain '..'"));
+    }
 }
 
 fn port_number(path: &str, v: &Value, required: bool, out: &mut Vec<Cause>) {
@@ -595,6 +621,30 @@ mod tests {
                     json!({"containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}),
                 ),
                 "volumeMounts[0].name: Not found: \"v\"",
+            ),
+            (
+                pod(
+                    json!({"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "/etc"}]}]}),
+                ),
+                "spec.containers[0].volumeMounts[0].subPath: Invalid value: \"/etc\": must be a relative path",
+            ),
+            (
+                pod(
+                    json!({"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "a/../../b"}]}]}),
+                ),
+                "spec.containers[0].volumeMounts[0].subPath: Invalid value: \"a/../../b\": must not contain '..'",
+            ),
+            (
+                pod(
+                    json!({"volumes": [{"name": "v", "emptyDir": {}}], "initContainers": [{"name": "i", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPathExpr": "../$(POD)"}]}], "containers": [{"name": "a", "image": "x"}]}),
+                ),
+                "spec.initContainers[0].volumeMounts[0].subPathExpr: Invalid value: \"../$(POD)\": must not contain '..'",
+            ),
+            (
+                pod(
+                    json!({"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "a", "subPathExpr": "b"}]}]}),
+                ),
+                "subPathExpr and subPath are mutually exclusive",
             ),
             (
                 pod(

@@ -65,6 +65,8 @@ pub struct Ctx {
     pub logs: LogRegistry,
     /// Containers the Wasm host was running when the agent started, by id.
     pub adopted: Mutex<HashMap<String, ContainerInfo>>,
+    /// Header-read timeout and connection cap of served ports.
+    pub http_limits: skiff_api::listen::Limits,
 }
 
 /// What the agent tells a worker besides pod updates.
@@ -775,6 +777,8 @@ impl Worker {
         HttpSpec {
             listeners,
             request_timeout,
+            header_read_timeout: self.ctx.http_limits.header_read_timeout,
+            max_connections: self.ctx.http_limits.max_connections,
         }
     }
 
@@ -917,6 +921,7 @@ impl Worker {
                 .into_iter()
                 .map(|p| Mount {
                     host_path: p.host,
+                    sub_path: p.sub_path,
                     guest_path: p.guest,
                     read_only: p.read_only,
                 })

@@ -9,8 +9,12 @@ use std::path::{Component, Path, PathBuf};
 /// A directory to preopen for a container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Preopen {
-    /// Directory on the node.
+    /// The volume's directory on the node.
     pub host: PathBuf,
+    /// The `subPath` inside it, checked to descend; the executor opens it without
+    /// leaving `host` (`skiff_shims::mounts`), so a symlink a guest planted in the volume
+    /// cannot redirect it. Empty for the whole volume.
+    pub sub_path: String,
     /// Path the guest sees.
     pub guest: String,
     /// Read-only.
@@ -29,9 +33,28 @@ fn safe_relative(p: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// Who may read a volume's files on the node (a guest reads them through the Wasm
+/// host, whatever the mode).
+#[derive(Clone, Copy)]
+enum Access {
+    /// Only the node's owner of the files: Secrets.
+    Private,
+    /// Anyone on the node: ConfigMaps, the downward API.
+    Shared,
+}
+
 /// Write `files` into `dir` atomically: a fresh directory swapped in by rename, so a
 /// guest never sees half of an update.
-fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), ConfigError> {
+fn write_files(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    access: Access,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let (dir_mode, file_mode) = match access {
+        Access::Private => (0o700, 0o600),
+        Access::Shared => (0o755, 0o644),
+    };
     let parent = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     let tmp = parent.join(format!(
@@ -39,16 +62,26 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), Conf
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("vol")
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut mkdir = std::fs::DirBuilder::new();
+    mkdir.recursive(true).mode(dir_mode);
+    mkdir.create(&tmp).map_err(|e| io(&tmp, e))?;
     for (rel, bytes) in files {
         if !safe_relative(rel) {
             return Err(ConfigError(format!("invalid volume item path {rel:?}")));
         }
+        // `tmp` is the agent's own fresh directory and `rel` descends: no guest has seen
+        // it, so nothing in it can be a planted link.
         let p = tmp.join(rel);
         if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+            mkdir.create(d).map_err(|e| io(d, e))?;
         }
-        std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file_mode)
+            .open(&p)
+            .map_err(|e| io(&p, e))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(|e| io(&p, e))?;
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
@@ -135,7 +168,11 @@ pub async fn materialize(
             None if optional => BTreeMap::new(),
             None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
         };
-        write_files(&dir, &project(data, c.items.as_ref(), &c.name)?)?;
+        write_files(
+            &dir,
+            &project(data, c.items.as_ref(), &c.name)?,
+            Access::Shared,
+        )?;
         return Ok(dir);
     }
     if let Some(s) = &v.secret {
@@ -151,7 +188,11 @@ pub async fn materialize(
             None if optional => BTreeMap::new(),
             None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
         };
-        write_files(&dir, &project(data, s.items.as_ref(), &name)?)?;
+        write_files(
+            &dir,
+            &project(data, s.items.as_ref(), &name)?,
+            Access::Private,
+        )?;
         return Ok(dir);
     }
     if let Some(d) = &v.downward_api {
@@ -164,7 +205,7 @@ pub async fn materialize(
                 );
             }
         }
-        write_files(&dir, &files)?;
+        write_files(&dir, &files, Access::Shared)?;
         return Ok(dir);
     }
     Err(ConfigError(format!(
@@ -187,16 +228,22 @@ pub fn preopens(
                 m.name
             )));
         };
-        let mut host = dir.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if !safe_relative(sub) {
-                return Err(ConfigError(format!("invalid subPath {sub:?}")));
-            }
-            host = host.join(sub);
-            std::fs::create_dir_all(&host).map_err(|e| io(&host, e))?;
+        let sub = m.sub_path.as_deref().unwrap_or_default();
+        if !sub.is_empty() && !safe_relative(sub) {
+            return Err(ConfigError(format!(
+                "volumeMount {:?}: invalid subPath {sub:?}: it must be a relative path without '..'",
+                m.name
+            )));
+        }
+        if m.sub_path_expr.as_deref().is_some_and(|e| !e.is_empty()) {
+            return Err(ConfigError(format!(
+                "volumeMount {:?}: subPathExpr is not supported yet; use subPath",
+                m.name
+            )));
         }
         out.push(Preopen {
-            host,
+            host: dir.clone(),
+            sub_path: sub.to_string(),
             guest: m.mount_path.clone(),
             read_only: *always_ro || m.read_only.unwrap_or(false),
         });
@@ -265,6 +312,18 @@ mod tests {
         .await
         .unwrap_or_default();
         assert_eq!(std::fs::read(d.join("key.pem")).ok(), Some(b"key".to_vec()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        };
+        assert_eq!(
+            mode(&d),
+            Some(0o700),
+            "a secret volume is the node owner's only"
+        );
+        assert_eq!(mode(&d.join("key.pem")), Some(0o600));
         let d = materialize(&pod, &vol(json!({"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}})), root, &Table, "").await.unwrap_or_default();
         assert_eq!(
             std::fs::read_to_string(d.join("name")).ok().as_deref(),

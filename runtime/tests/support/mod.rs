@@ -29,25 +29,23 @@ fn binary_present() -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(BINARY).is_file()))
 }
 
-/// Starts a registry, or returns `None` (after saying so) when `docker-registry` is not
-/// installed. CI installs it (Debian package `docker-registry`).
-pub fn registry() -> Option<TestRegistry> {
+/// Starts a registry. A missing `docker-registry` fails the test: scripts/test.sh
+/// installs it (Debian package `docker-registry`).
+pub fn registry() -> TestRegistry {
     start(None).expect("start docker-registry")
 }
 
 /// A registry that requires HTTP basic auth for `user`/`password`.
-pub fn registry_with_auth(user: &str, password: &str) -> Option<TestRegistry> {
+pub fn registry_with_auth(user: &str, password: &str) -> TestRegistry {
     start(Some((user, password))).expect("start docker-registry")
 }
 
-fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Option<TestRegistry>> {
-    if !binary_present() {
-        eprintln!(
-            "SKIPPED: `{BINARY}` is not on PATH; install the Debian package docker-registry \
-             to run the registry tests"
-        );
-        return Ok(None);
-    }
+fn start(auth: Option<(&str, &str)>) -> anyhow::Result<TestRegistry> {
+    anyhow::ensure!(
+        binary_present(),
+        "`{BINARY}` is not on PATH: install the Debian package docker-registry \
+         (scripts/test.sh does) to run the registry tests"
+    );
     let mut last_err = None;
     // The port is free when we look; retry if another process takes it before the
     // registry binds it.
@@ -83,7 +81,7 @@ fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Option<TestRegistry>> {
             .with_context(|| format!("spawn {BINARY}"))?;
         let mut registry = TestRegistry { child, addr, dir };
         match registry.wait_ready(Duration::from_secs(15)) {
-            Ok(()) => return Ok(Some(registry)),
+            Ok(()) => return Ok(registry),
             Err(e) => last_err = Some(e),
         }
     }

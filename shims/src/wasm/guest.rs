@@ -330,12 +330,15 @@ pub(crate) fn wasi_builder(spec: &ContainerSpec, log: &LogWriter) -> Result<Wasi
         } else {
             FsPerms::ReadWrite
         };
+        // Never the joined path: a guest may have planted a symlink in the volume.
+        let dir = crate::mounts::open_beneath(&mount.host_path, &mount.sub_path, true)
+            .map_err(|e| Error::CannotRun(format!("cannot mount at {}: {e}", mount.guest_path)))?;
         builder
-            .preopened_dir(&mount.host_path, &mount.guest_path, perms)
+            .preopened_dir(dir.proc_path(), &mount.guest_path, perms)
             .map_err(|e| {
                 Error::CannotRun(format!(
                     "cannot mount {} at {}: {e:#}",
-                    mount.host_path.display(),
+                    mount.host_path.join(&mount.sub_path).display(),
                     mount.guest_path
                 ))
             })?;
