@@ -1,5 +1,8 @@
 //! The `skiff` binary: command-line wiring only.
 
+mod admin;
+mod join;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -95,9 +98,11 @@ enum Command {
         /// The server, e.g. `https://10.0.0.1:6443`.
         #[arg(long)]
         server: String,
-        /// File holding the server's node join token (`DATA_DIR/node-token` there).
+        /// File holding a join token (`skiff token create`, or `DATA_DIR/node-token` on
+        /// the server). Needed for the first start only: the agent then keeps its own
+        /// credential in its state directory, and the file can be deleted.
         #[arg(long)]
-        token_file: PathBuf,
+        token_file: Option<PathBuf>,
         /// State directory (pods, artifact cache, Wasm host).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -129,8 +134,109 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Manage join tokens (what a new node joins with).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage node credentials.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Make kubeconfigs for other users.
+    Kubeconfig {
+        #[command(subcommand)]
+        command: KubeconfigCommand,
+    },
     /// Print the version.
     Version,
+}
+
+/// The admin kubeconfig an admin command uses.
+#[derive(Args, Clone, Debug)]
+struct AdminArgs {
+    /// Kubeconfig of a cluster admin (default: `$KUBECONFIG`, else the server's
+    /// `DATA_DIR/kubeconfig.yaml`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn path(&self) -> PathBuf {
+        self.kubeconfig
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("kubeconfig.yaml"))
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a join token and print it (the only time it is shown).
+    Create {
+        /// How long it works, e.g. `24h`; `0` for ever.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the join tokens (ids, not secrets).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete a join token (by id, or the token itself).
+    Delete {
+        /// The token's id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Revoke a node's credential: the API refuses it at once.
+    Revoke {
+        /// The node.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let the next join under this node name take it over (a replaced machine).
+    Approve {
+        /// The node.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KubeconfigCommand {
+    /// Make a user token and a kubeconfig that uses it; bind roles to the user (or its
+    /// groups) with RoleBindings.
+    Create {
+        /// The user name.
+        user: String,
+        /// A group of the user (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the token works, e.g. `720h`; `0` for ever.
+        #[arg(long, default_value = "0")]
+        ttl: String,
+        /// The kubeconfig's default namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Write the kubeconfig here (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,7 +324,7 @@ fn agent_config(
     node_name: String,
     data_dir: PathBuf,
     address: IpAddr,
-    token: String,
+    logs_token: String,
 ) -> anyhow::Result<skiff_runtime::agent::AgentConfig> {
     use skiff_runtime::sandbox::{LinuxSandboxes, NoSandboxes, Sandboxes};
     let sandboxes: std::sync::Arc<dyn Sandboxes> = if is_root() {
@@ -239,7 +345,7 @@ fn agent_config(
             IpAddr::from([0, 0, 0, 0])
         },
         port: args.node_port,
-        token,
+        logs_token,
         runtimes: vec!["wasm".into()],
         reserved_milli_cpu: args.reserved_cpu,
         reserved_memory: args.reserved_memory_mib << 20,
@@ -352,32 +458,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// Joins the cluster, waiting for an unreachable server (an edge node may boot before
-/// its uplink) with back-off up to 30 s; a refusal ends it at once. `None` when asked to
-/// stop while waiting.
-async fn join_until_reached(
-    server: &str,
-    join_token: &str,
-    node_name: &str,
-) -> Result<Option<skiff_api::client::NodeCredentials>, skiff_api::client::ClientError> {
-    let mut delay = std::time::Duration::from_secs(1);
-    let mut stop = std::pin::pin!(shutdown_signal());
-    loop {
-        match skiff_api::client::join(server, join_token, node_name).await {
-            Ok(creds) => return Ok(Some(creds)),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in = ?delay, "cannot join the server yet; waiting for it");
-            }
-            Err(error) => return Err(error),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = &mut stop => return Ok(None),
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
-    }
 }
 
 fn hostname() -> String {
@@ -498,6 +578,7 @@ fn main() -> anyhow::Result<()> {
                         max_connections,
                         max_connections_per_ip,
                     },
+                    local_node: (!no_agent).then(|| node_name.clone()),
                 };
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let stop = async move {
@@ -506,7 +587,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let agent_dir = data_dir.join("agent");
                 skiff_api::server::run(cfg, stop, |r| {
-                    if !no_agent {
+                    if let Some(creds) = &r.local_node {
                         let address = node.node_ip.unwrap_or(if bind.is_unspecified() {
                             IpAddr::from([127, 0, 0, 1])
                         } else {
@@ -514,8 +595,7 @@ fn main() -> anyhow::Result<()> {
                         });
                         // The embedded agent is a node like any other: its own credential,
                         // limited to its own Node, Lease and pods.
-                        let token = r.credentials.node_credential(&node_name);
-                        let built = skiff_api::client::in_process(r.router.clone(), &token)
+                        let built = skiff_api::client::in_process(r.router.clone(), &creds.token)
                             .map_err(anyhow::Error::from)
                             .and_then(|client| {
                                 agent_config(
@@ -523,7 +603,7 @@ fn main() -> anyhow::Result<()> {
                                     node_name.clone(),
                                     agent_dir.clone(),
                                     address,
-                                    token,
+                                    creds.logs_token.clone(),
                                 )
                                 .map(|cfg| (client, cfg))
                             });
@@ -567,6 +647,45 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("skiff server (data dir {})", data_dir.display()))
             })
         }
+        Command::Token { command } => runtime()?.block_on(async move {
+            match command {
+                TokenCommand::Create {
+                    ttl,
+                    description,
+                    admin,
+                } => admin::token_create(&admin.path(), &ttl, &description).await,
+                TokenCommand::List { admin } => admin::token_list(&admin.path()).await,
+                TokenCommand::Delete { id, admin } => admin::token_delete(&admin.path(), &id).await,
+            }
+        }),
+        Command::Node { command } => runtime()?.block_on(async move {
+            match command {
+                NodeCommand::Revoke { name, admin } => {
+                    admin::node_revoke(&admin.path(), &name).await
+                }
+                NodeCommand::Approve { name, admin } => {
+                    admin::node_approve(&admin.path(), &name).await
+                }
+            }
+        }),
+        Command::Kubeconfig {
+            command:
+                KubeconfigCommand::Create {
+                    user,
+                    groups,
+                    ttl,
+                    namespace,
+                    out,
+                    admin,
+                },
+        } => runtime()?.block_on(admin::kubeconfig_create(
+            &admin.path(),
+            &user,
+            &groups,
+            &ttl,
+            &namespace,
+            out.as_deref(),
+        )),
         Command::Secrets {
             command: SecretsCommand::RotateKey { data_dir },
         } => {
@@ -623,22 +742,19 @@ fn main() -> anyhow::Result<()> {
             init_logs();
             let node_name = node_name.unwrap_or_else(hostname);
             let data_dir = data_dir.unwrap_or_else(|| default_data_dir().join("agent"));
-            let join_token = std::fs::read_to_string(&token_file)
-                .with_context(|| format!("reading the join token {}", token_file.display()))?;
             runtime()?.block_on(async move {
-                let Some(creds) = join_until_reached(&server, join_token.trim(), &node_name)
-                    .await
-                    .with_context(|| format!("joining {server} as node {node_name}"))?
+                let Some((creds, client)) =
+                    join::credentials(&server, token_file.as_deref(), &node_name, &data_dir)
+                        .await?
                 else {
                     return Ok(());
                 };
-                let client =
-                    skiff_api::client::with_token(&creds.server_url, &creds.ca_pem, &creds.token)?;
                 let address = match node.node_ip {
                     Some(ip) => ip,
                     None => local_address_towards(&server).unwrap_or(IpAddr::from([127, 0, 0, 1])),
                 };
-                let cfg = agent_config(&node, node_name.clone(), data_dir, address, creds.token)?;
+                let cfg =
+                    agent_config(&node, node_name.clone(), data_dir, address, creds.logs_token)?;
                 let (started, run) =
                     skiff_runtime::agent::start(client, cfg, shutdown_signal()).await?;
                 tracing::info!(node = %node_name, %address, logs = %started.logs_addr, "node agent started");

@@ -79,8 +79,20 @@ async fn nodes_join_with_the_token_that_names_the_ca() {
         creds.token
     );
     assert_eq!(creds.server_url, s.url(""));
-    // Joining again gives the same credential: nothing is stored per node.
-    assert_eq!(join(&s, "node-a").await.token, creds.token);
+    assert!(creds.logs_token.starts_with("skiff-logs.node-a."));
+    // A join token claims a name once: joining again as node-a is refused.
+    match client::join(&s.url(""), &token, "node-a").await {
+        Err(ClientError::Refused {
+            code: 403, message, ..
+        }) => assert!(message.contains("already held"), "{message}"),
+        other => panic!("took a held name: {other:?}"),
+    }
+    // The first credential still works.
+    let me = client::with_token(&creds.server_url, &creds.ca_pem, &creds.token).unwrap();
+    Api::<Node>::all(me)
+        .create(&PostParams::default(), &node_obj("node-a"))
+        .await
+        .unwrap();
 
     // A token naming another CA: refused before the secret is sent anywhere.
     let wrong_ca = JoinToken {
@@ -175,6 +187,7 @@ async fn a_node_credential_writes_only_its_own_objects() {
     let me = client::with_token(&creds.server_url, &creds.ca_pem, &creds.token).unwrap();
     let admin = kube_client(&s).await;
     let pp = PostParams::default();
+    join(&s, "node-b").await;
     let merge = |v: Value| Patch::Merge(v);
     let pat = PatchParams::default();
 
@@ -272,29 +285,80 @@ async fn a_node_credential_writes_only_its_own_objects() {
         .unwrap();
     let (code, _) = refusal(pods.logs("mine", &Default::default()).await);
     assert_eq!(code, 403, "a node reads no logs through the apiserver");
-    // Reads are open: it sees every pod (the one it deleted with grace 0 is gone).
-    assert_eq!(
-        pods.list(&ListParams::default()).await.unwrap().items.len(),
-        2
+    // It reads its own pods only: by name, or listed by spec.nodeName (the one it deleted
+    // with grace 0 is gone).
+    pods.get("mine").await.unwrap();
+    let (code, msg) = refusal(pods.get("theirs").await);
+    assert_eq!(code, 403, "{msg}");
+    let (code, msg) = refusal(pods.list(&ListParams::default()).await);
+    assert_eq!(code, 403);
+    assert!(
+        msg.contains("can only list/watch pods with spec.nodeName field selector"),
+        "{msg}"
     );
+    let own = ListParams::default().fields("spec.nodeName=node-a");
+    assert_eq!(pods.list(&own).await.unwrap().items.len(), 1);
+    let (code, _) = refusal(
+        pods.list(&ListParams::default().fields("spec.nodeName=node-b"))
+            .await,
+    );
+    assert_eq!(code, 403);
+    // Its own Node, not another's.
+    nodes.get("node-a").await.unwrap();
+    let (code, msg) = refusal(nodes.get("node-b").await);
+    assert_eq!(code, 403);
+    assert!(
+        msg.contains("cannot read 'node-b', only its own Node object"),
+        "{msg}"
+    );
+    let (code, _) = refusal(nodes.list(&ListParams::default()).await);
+    assert_eq!(code, 403);
 
-    // Secrets one by one, never in bulk; nothing else written.
-    let secret: Secret = serde_json::from_value(
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+    // Secrets and ConfigMaps its pods reference, one by one; nothing else.
+    let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    for name in ["unrelated", "db"] {
+        let secret: Secret = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}}),
+        )
+        .unwrap();
+        admin_secrets.create(&pp, &secret).await.unwrap();
+    }
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"k": "v"}}),
     )
     .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), "default")
-        .create(&pp, &secret)
+    Api::<ConfigMap>::namespaced(admin.clone(), "default")
+        .create(&pp, &cm)
         .await
         .unwrap();
+    let mut uses: Pod = pod("uses-db", "node-a");
+    let spec = uses.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "db", "secret": {"secretName": "db"}})).unwrap(),
+    ]);
+    admin_pods.create(&pp, &uses).await.unwrap();
+    let mut elsewhere: Pod = pod("theirs-cm", "node-b");
+    elsewhere.spec.as_mut().unwrap().volumes = Some(vec![
+        serde_json::from_value(json!({"name": "s", "configMap": {"name": "settings"}})).unwrap(),
+    ]);
+    admin_pods.create(&pp, &elsewhere).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(me.clone(), "default");
-    secrets.get("s").await.unwrap();
-    let (code, msg) = refusal(secrets.list(&ListParams::default()).await);
+    let got = secrets.get("db").await.unwrap();
+    assert_eq!(got.data.unwrap()["k"].0, b"v");
+    let (code, msg) = refusal(secrets.get("unrelated").await);
     assert_eq!(code, 403);
     assert_eq!(
         msg,
-        "secrets is forbidden: User \"system:node:node-a\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""
+        "secrets \"unrelated\" is forbidden: User \"system:node:node-a\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'node-a' and this object"
     );
+    let (code, _) = refusal(secrets.list(&ListParams::default()).await);
+    assert_eq!(code, 403);
+    let (code, _) = refusal(
+        Api::<ConfigMap>::namespaced(me.clone(), "default")
+            .get("settings")
+            .await,
+    );
+    assert_eq!(code, 403, "another node's pod's ConfigMap");
     let cm: ConfigMap = serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
     )
@@ -318,16 +382,41 @@ async fn a_node_credential_writes_only_its_own_objects() {
         .await
         .unwrap();
 
-    // A credential for a name minted by someone else's key is no credential.
-    let forged = skiff_api::token::node_credential(b"guessed key", "node-a");
-    let resp = s
-        .http()
-        .get(s.url("/api/v1/nodes"))
-        .bearer_auth(forged)
-        .send()
+    // A credential the server did not issue is no credential.
+    let (forged, _) = skiff_api::token::new_credential("skiff-node", "node-a");
+    let status = |tok: String| {
+        let http = s.http();
+        let url = s.url("/api/v1/nodes/node-a");
+        async move {
+            http.get(url)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(forged).await, 401);
+    // Revoked (its Secret deleted, as `skiff node revoke` does): refused at once.
+    assert_eq!(status(creds.token.clone()).await, 200);
+    Api::<Secret>::namespaced(admin.clone(), "kube-system")
+        .delete("skiff-node-node-a", &DeleteParams::default())
         .await
         .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(status(creds.token.clone()).await, 401);
+}
+
+#[tokio::test]
+async fn nobody_joins_as_the_servers_own_node() {
+    let s = Server::start_node("control", &[]);
+    match client::join(&s.url(""), &s.node_token(), "control").await {
+        Err(ClientError::Refused {
+            code: 403, message, ..
+        }) => {
+            assert!(message.contains("already held"), "{message}")
+        }
+        other => panic!("joined as the server's own node: {other:?}"),
+    }
 }
 
 /// A blocking stand-in for a node agent's log endpoint: HTTPS on 127.0.0.1 with a
@@ -437,7 +526,7 @@ async fn kubectl_logs_reach_the_node_agent_and_follow_streams() {
     let s = Server::start();
     // The agent double knows its own credential, as a real agent would after joining.
     let creds = join(&s, "n1").await;
-    let agent = Agent::start(creds.token.clone());
+    let agent = Agent::start(creds.logs_token.clone());
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "n1", "annotations": {SERVING_CERT_SHA256_ANNOTATION: agent.pin}},
@@ -526,16 +615,21 @@ async fn a_plain_join_secret_from_an_older_version_keeps_working() {
     let parsed = JoinToken::parse(&token).expect("rewritten as a skiff1 token");
     assert_eq!(parsed.secret, "0123456789abcdef");
     assert_eq!(parsed.ca_sha256, sha256_hex(&s.ca_pem()));
-    let creds = join(&s, "old-node").await;
+    join(&s, "old-node").await;
     let resp = s
         .http()
         .post(s.url("/skiff/v1/join"))
         .bearer_auth("0123456789abcdef")
-        .json(&json!({"nodeName": "old-node"}))
+        .json(&json!({"nodeName": "old-node-2"}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["token"].as_str(), Some(creds.token.as_str()));
+    assert!(
+        v["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("skiff-node.old-node-2.")
+    );
 }

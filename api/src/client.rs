@@ -100,15 +100,22 @@ pub enum ClientError {
 }
 
 /// What a node needs to call the apiserver: its address, the CA to trust and the node's
-/// own credential.
-#[derive(Clone, Debug)]
+/// own credential; and what the apiserver presents when it calls the node. An agent
+/// keeps this (not the join token) in its state directory.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeCredentials {
     /// The CA certificate (PEM), checked against the join token's hash.
     pub ca_pem: String,
-    /// The node credential (`skiff-node.<name>.<mac>`).
+    /// The node credential (`skiff-node.<name>.<secret>`).
     pub token: String,
     /// The apiserver URL, as given to [`join`].
     pub server_url: String,
+    /// The token the apiserver presents to this node's logs endpoint.
+    pub logs_token: String,
+    /// The node's name.
+    #[serde(default)]
+    pub node_name: String,
 }
 
 /// How long each step of joining may take.
@@ -227,18 +234,23 @@ pub async fn join(
     if code != http::StatusCode::OK {
         return Err(refusal(&url, code, &body));
     }
-    let token = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["token"].as_str().map(String::from))
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ClientError::BadAnswer {
-            url: url.clone(),
-            message: "no \"token\" in the answer".into(),
-        })?;
+    let answer = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    let field = |k: &str| {
+        answer[k]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .ok_or_else(|| ClientError::BadAnswer {
+                url: url.clone(),
+                message: format!("no {k:?} in the answer"),
+            })
+    };
     Ok(NodeCredentials {
         ca_pem,
-        token,
+        token: field("token")?,
+        logs_token: field("logsToken")?,
         server_url: base.to_string(),
+        node_name: node_name.to_string(),
     })
 }
 

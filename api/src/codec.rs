@@ -3,7 +3,9 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
-use k8s_openapi::api::{apps, batch, coordination, core, node};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, node, rbac,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -101,6 +103,23 @@ pub fn typed(res: &Resource, obj: Value, fv: FieldValidation) -> ApiResult<(Valu
         "Job" => roundtrip::<batch::v1::Job>(res, &obj)?,
         "RuntimeClass" => roundtrip::<node::v1::RuntimeClass>(res, &obj)?,
         "Lease" => roundtrip::<coordination::v1::Lease>(res, &obj)?,
+        "ServiceAccount" => roundtrip::<core::v1::ServiceAccount>(res, &obj)?,
+        "Role" => roundtrip::<rbac::v1::Role>(res, &obj)?,
+        "ClusterRole" => roundtrip::<rbac::v1::ClusterRole>(res, &obj)?,
+        "RoleBinding" => roundtrip::<rbac::v1::RoleBinding>(res, &obj)?,
+        "ClusterRoleBinding" => roundtrip::<rbac::v1::ClusterRoleBinding>(res, &obj)?,
+        "SelfSubjectAccessReview" => {
+            roundtrip::<authorization::v1::SelfSubjectAccessReview>(res, &obj)?
+        }
+        "SelfSubjectRulesReview" => {
+            roundtrip::<authorization::v1::SelfSubjectRulesReview>(res, &obj)?
+        }
+        "SubjectAccessReview" => roundtrip::<authorization::v1::SubjectAccessReview>(res, &obj)?,
+        "LocalSubjectAccessReview" => {
+            roundtrip::<authorization::v1::LocalSubjectAccessReview>(res, &obj)?
+        }
+        "SelfSubjectReview" => roundtrip::<authentication::v1::SelfSubjectReview>(res, &obj)?,
+        "TokenReview" => roundtrip::<authentication::v1::TokenReview>(res, &obj)?,
         other => return Err(ApiError::internal(format!("no schema for {other}"))),
     };
     let mut unknown = Vec::new();

@@ -132,17 +132,28 @@ impl ApiError {
 
     /// 422 with field causes.
     pub fn invalid(res: &Resource, name: &str, causes: &[Cause]) -> Self {
+        Self::invalid_kind(res.kind, res.group, res.kind, name, causes)
+    }
+
+    /// 422 with field causes for an object that is not a served resource's (a
+    /// `TokenRequest.authentication.k8s.io`): `shown` names it in the message.
+    pub fn invalid_kind(
+        shown: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        causes: &[Cause],
+    ) -> Self {
         let lines: Vec<String> = causes.iter().map(Cause::line).collect();
-        let shown = if name.is_empty() { "" } else { name };
-        Self::new(
-            422,
-            "Invalid",
-            format!("{} \"{shown}\" is invalid: {}", res.kind, if lines.len() == 1 { lines[0].clone() } else { format!("[{}]", lines.join(", ")) }),
-        )
-        .with_details(json!({
+        let joined = if lines.len() == 1 {
+            lines[0].clone()
+        } else {
+            format!("[{}]", lines.join(", "))
+        };
+        Self::new(422, "Invalid", format!("{shown} \"{name}\" is invalid: {joined}")).with_details(json!({
             "name": name,
-            "group": res.group,
-            "kind": res.kind,
+            "group": group,
+            "kind": kind,
             "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
         }))
     }

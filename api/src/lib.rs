@@ -17,6 +17,7 @@
 //!     bind: [127, 0, 0, 1].into(),
 //!     port: 6443,
 //!     limits: Default::default(),
+//!     local_node: None,
 //! };
 //! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
 //! # }

@@ -1,11 +1,13 @@
-//! First-start credentials: a CA, a serving certificate, the admin token, the node join
-//! token with the key node credentials are derived from, and the admin kubeconfig.
+//! First-start credentials: a CA, a serving certificate, the admin token, the `default`
+//! node join token, the key node logs tokens are derived from, the ServiceAccount
+//! signing key, and the admin kubeconfig.
 //! Everything secret is written with mode 0600; later starts reuse what is there and
 //! re-issue the serving certificate for the current addresses.
 //!
 //! Files under the data directory: `pki/ca.crt`, `pki/ca.key`, `pki/server.crt`,
 //! `pki/server.key`, `pki/admin-token`, `pki/node-credential-key` (never leaves the
-//! server), `node-token` (the join token, see [`crate::token`]) and `kubeconfig.yaml`.
+//! server), `pki/service-account.key`, `node-token` (the `default` join token, see
+//! [`crate::token`]) and `kubeconfig.yaml`.
 
 use crate::token::JoinToken;
 use rcgen::{
@@ -30,6 +32,9 @@ pub enum PkiError {
     /// Generating a key or certificate failed.
     #[error("certificate generation: {0}")]
     Cert(#[from] rcgen::Error),
+    /// The ServiceAccount signing key is unusable.
+    #[error(transparent)]
+    Signer(#[from] crate::auth::serviceaccount::SignerError),
 }
 
 /// The server's credentials.
@@ -47,8 +52,11 @@ pub struct Credentials {
     pub node_token: String,
     /// The secret part of the join token.
     pub join_secret: String,
-    /// The key node credentials are signed with; it never leaves the server.
+    /// The key the tokens the apiserver presents to node agents are derived from; it
+    /// never leaves the server.
     pub node_key: String,
+    /// Signs ServiceAccount tokens.
+    pub sa_signer: Option<std::sync::Arc<crate::auth::serviceaccount::Signer>>,
     /// Where the admin kubeconfig was written.
     pub kubeconfig: PathBuf,
 }
@@ -191,6 +199,8 @@ pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentia
     let node_key = read_or_create(&pki.join("node-credential-key"), || Ok(token()))?
         .trim()
         .to_string();
+    let sa_signer =
+        crate::auth::serviceaccount::Signer::load_or_create(&pki.join("service-account.key"))?;
     let kubeconfig = dir.join("kubeconfig.yaml");
     write_private(
         &kubeconfig,
@@ -204,22 +214,29 @@ pub fn ensure(dir: &Path, sans: &[String], server_url: &str) -> Result<Credentia
         node_token: join.to_string(),
         join_secret: join.secret,
         node_key,
+        sa_signer: Some(std::sync::Arc::new(sa_signer)),
         kubeconfig,
     })
 }
 
-impl Credentials {
-    /// The credential of node `node_name` (what `POST /skiff/v1/join` hands out), for a
-    /// node agent that runs inside the server process.
-    pub fn node_credential(&self, node_name: &str) -> String {
-        crate::token::node_credential(self.node_key.as_bytes(), node_name)
-    }
-}
-
 /// A kubeconfig for the admin user.
 pub fn kubeconfig_text(ca_pem: &str, server_url: &str, token: &str) -> String {
+    kubeconfig_for(ca_pem, server_url, "skiff-admin", token, "default")
+}
+
+/// A kubeconfig for `user`, authenticating with `token`, in `namespace` by default.
+pub fn kubeconfig_for(
+    ca_pem: &str,
+    server_url: &str,
+    user: &str,
+    token: &str,
+    namespace: &str,
+) -> String {
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    // YAML double-quoted scalars take JSON string escapes.
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let (user, namespace) = (q(user), q(namespace));
     format!(
         "apiVersion: v1
 kind: Config
@@ -229,15 +246,15 @@ clusters:
     server: {server_url}
     certificate-authority-data: {ca}
 users:
-- name: skiff-admin
+- name: {user}
   user:
     token: {token}
 contexts:
 - name: skiff
   context:
     cluster: skiff
-    user: skiff-admin
-    namespace: default
+    user: {user}
+    namespace: {namespace}
 current-context: skiff
 "
     )
@@ -268,8 +285,10 @@ mod tests {
         let again = ensure(dir.path(), &["localhost".into()], "https://127.0.0.1:1").unwrap();
         assert_eq!(again.node_token, c.node_token);
         assert_eq!(again.node_key, c.node_key);
-        assert_eq!(again.node_credential("n1"), c.node_credential("n1"));
-        assert_ne!(c.node_credential("n1"), c.node_credential("n2"));
+        let logs =
+            |c: &Credentials, n: &str| crate::token::node_logs_token(c.node_key.as_bytes(), n);
+        assert_eq!(logs(&again, "n1"), logs(&c, "n1"));
+        assert_ne!(logs(&c, "n1"), logs(&c, "n2"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Resource {
     pub subresources: &'static [&'static str],
     /// Name rule.
     pub names: NameRule,
+    /// Only `create`, answered from the request and not stored (access reviews, token
+    /// reviews).
+    pub create_only: bool,
 }
 
 impl Resource {
@@ -98,6 +101,9 @@ impl Resource {
 
     /// The verbs discovery advertises.
     pub fn verbs(&self) -> Value {
+        if self.create_only {
+            return serde_json::json!(["create"]);
+        }
         serde_json::json!([
             "create",
             "delete",
@@ -124,6 +130,26 @@ macro_rules! res {
             categories: $cat,
             subresources: $sub,
             names: NameRule::$names,
+            create_only: false,
+        }
+    };
+}
+
+/// A create-only resource of `authorization.k8s.io` or `authentication.k8s.io`.
+macro_rules! review {
+    ($g:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr) => {
+        Resource {
+            group: $g,
+            version: "v1",
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+            names: NameRule::Subdomain,
+            create_only: true,
         }
     };
 }
@@ -297,6 +323,108 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         &[],
         Subdomain
+    ),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &[],
+        &["token"],
+        Subdomain
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        &[],
+        &[],
+        &[],
+        PathSegment
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        &[],
+        &[],
+        &[],
+        PathSegment
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        true,
+        &[],
+        &[],
+        &[],
+        PathSegment
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        &[],
+        &[],
+        &[],
+        PathSegment
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        false
+    ),
+    review!(
+        "authorization.k8s.io",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        true
+    ),
+    review!(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        false
+    ),
+    review!(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        false
     ),
 ];
 

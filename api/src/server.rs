@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// Header-read timeout and connection caps.
     pub limits: Limits,
+    /// The node of an agent embedded in the server process: its name is claimed and its
+    /// credential issued before the server accepts a connection.
+    pub local_node: Option<String>,
 }
 
 /// Failures that stop the server.
@@ -164,6 +167,8 @@ pub struct Running {
     pub api: Arc<Api>,
     /// The API itself, for in-process clients ([`crate::client::in_process`]).
     pub router: axum::Router,
+    /// The credentials of [`ServerConfig::local_node`].
+    pub local_node: Option<crate::client::NodeCredentials>,
 }
 
 /// Run the server until `stop` resolves. `ready` is called once it accepts requests.
@@ -225,6 +230,23 @@ pub async fn run(
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    api.follow_store();
+    let local_node = match &config.local_node {
+        Some(n) => {
+            let (token, logs_token) = api
+                .issue_node_credential(n)
+                .await
+                .map_err(|e| ServerError::Bootstrap(format!("the credential of node {n}: {e}")))?;
+            Some(crate::client::NodeCredentials {
+                ca_pem: creds.ca_pem.clone(),
+                token,
+                server_url: format!("https://{url_host}:{}", addr.port()),
+                logs_token,
+                node_name: n.clone(),
+            })
+        }
+        None => None,
+    };
     api.resume_namespace_deletions().await;
     let router = apiserver::router(api.clone());
     ready(&Running {
@@ -232,6 +254,7 @@ pub async fn run(
         credentials: creds.clone(),
         api: api.clone(),
         router: router.clone(),
+        local_node,
     });
 
     listen::serve_tls(

@@ -1,12 +1,17 @@
-//! The shapes of Skiff's node tokens, shared by the server and the node side.
+//! The shapes of Skiff's tokens, shared by the server and the node side.
 //!
-//! - The join token, `skiff1.<sha256 hex of the CA PEM>.<secret>`, is what an operator
+//! - A join token, `skiff1.<sha256 hex of the CA PEM>.<secret>`, is what an operator
 //!   copies to a new machine (like k3s' `K10…` token): the hash lets the node check that
 //!   the server it reached holds the expected CA before trusting it, and the secret lets
-//!   the node ask for its own credential.
-//! - A node credential, `skiff-node.<node name>.<hex HMAC-SHA256(server key, node name)>`,
-//!   is what a node agent calls the API with afterwards. The server keeps no per-node
-//!   state: it recomputes the MAC to verify one.
+//!   the node ask for its own credential once. The secret is `<id>-<random>` for tokens
+//!   made by `skiff token create` (the id names the token), and a bare random string for
+//!   the `default` token the server writes to `DATA_DIR/node-token`.
+//! - A node credential, `skiff-node.<node name>.<random>`, and a user token,
+//!   `skiff-user.<id>.<random>`: what a node agent or a user calls the API with. The
+//!   server keeps only their SHA-256 (in Secrets, [`crate::auth::credentials`]), so a
+//!   deleted Secret revokes them at once.
+//! - A node's logs token, `skiff-logs.<node>.<HMAC-SHA256(server key, node)>`: what the
+//!   apiserver presents to that node's agent when it proxies `kubectl logs`.
 
 use ring::hmac;
 
@@ -80,25 +85,7 @@ impl std::fmt::Display for JoinToken {
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// A fresh random secret: 32 bytes as 64 hex digits.
@@ -106,31 +93,64 @@ pub fn random_secret() -> String {
     use rand::RngCore;
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
-    hex(&b)
+    hex::encode(b)
 }
 
-/// The credential of node `node` under the server's `key`.
-pub fn node_credential(key: &[u8], node: &str) -> String {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let tag = hmac::sign(&k, node.as_bytes());
-    format!("{NODE_CREDENTIAL_PREFIX}.{node}.{}", hex(tag.as_ref()))
-}
+/// First field of a user token.
+pub const USER_TOKEN_PREFIX: &str = "skiff-user";
 
-/// The node a credential was issued to, if `token` is a node credential that `key`
-/// signed. The MAC is compared in constant time.
-pub fn verify_node_credential(key: &[u8], token: &str) -> Option<String> {
-    let rest = token
-        .strip_prefix(NODE_CREDENTIAL_PREFIX)?
-        .strip_prefix('.')?;
-    // Node names may hold dots; the MAC never does, so it is after the last one.
-    let (node, mac) = rest.rsplit_once('.')?;
-    if node.is_empty() {
-        return None;
+/// First field of a node's logs token.
+pub const LOGS_TOKEN_PREFIX: &str = "skiff-logs";
+
+/// The id of the join token whose secret is `secret`: `<id>-...` for tokens made by
+/// `skiff token create`, `default` for the token in `DATA_DIR/node-token`.
+pub fn join_token_id(secret: &str) -> &str {
+    match secret.split_once('-') {
+        Some((id, rest))
+            if id.len() == 6
+                && !rest.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            id
+        }
+        _ => "default",
     }
-    let mac = unhex(mac)?;
+}
+
+/// A new join token secret, `<6-character id>-<32 hex digits>`, and its id.
+pub fn new_join_secret() -> (String, String) {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::rng();
+    let id: String = (0..6)
+        .map(|_| ALPHABET[r.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    let secret = format!("{id}-{}", &random_secret()[..32]);
+    (id, secret)
+}
+
+/// A new credential `<prefix>.<name>.<64 hex digits>`, and the SHA-256 the server keeps.
+pub fn new_credential(prefix: &str, name: &str) -> (String, String) {
+    let secret = random_secret();
+    let hash = sha256_hex(secret.as_bytes());
+    (format!("{prefix}.{name}.{secret}"), hash)
+}
+
+/// The name and the secret of a `<prefix>.<name>.<secret>` credential.
+pub fn split_credential<'a>(prefix: &str, token: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = token.strip_prefix(prefix)?.strip_prefix('.')?;
+    // Names may hold dots; the secret never does, so it is after the last one.
+    let (name, secret) = rest.rsplit_once('.')?;
+    (!name.is_empty() && !secret.is_empty()).then_some((name, secret))
+}
+
+/// The token the apiserver presents to node `node`'s agent, under the server's `key`.
+pub fn node_logs_token(key: &[u8], node: &str) -> String {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::verify(&k, node.as_bytes(), &mac).ok()?;
-    Some(node.to_string())
+    let tag = hmac::sign(&k, format!("logs:{node}").as_bytes());
+    format!("{LOGS_TOKEN_PREFIX}.{node}.{}", hex::encode(tag.as_ref()))
 }
 
 /// Whether two secrets are equal, in time independent of where they differ.
@@ -179,33 +199,40 @@ mod tests {
     }
 
     #[test]
-    fn node_credentials_verify_only_under_their_key_and_name() {
-        let key = b"server key";
-        let c = node_credential(key, "edge-1.example.com");
-        assert!(c.starts_with("skiff-node.edge-1.example.com."));
-        assert_eq!(
-            verify_node_credential(key, &c).as_deref(),
-            Some("edge-1.example.com")
-        );
-        assert_eq!(verify_node_credential(b"other key", &c), None);
-        // Another node's name with this node's MAC.
-        let mac = c.rsplit('.').next().unwrap();
-        assert_eq!(
-            verify_node_credential(key, &format!("skiff-node.edge-2.{mac}")),
-            None
-        );
-        // Truncated, odd-length, not hex, no name.
-        assert_eq!(verify_node_credential(key, &c[..c.len() - 2]), None);
-        assert_eq!(verify_node_credential(key, &c[..c.len() - 1]), None);
-        assert_eq!(
-            verify_node_credential(key, &format!("skiff-node.n.{}", "z".repeat(64))),
-            None
-        );
-        assert_eq!(verify_node_credential(key, "skiff-node..00"), None);
-        assert_eq!(verify_node_credential(key, "skiff-node"), None);
-        // The MAC is HMAC-SHA256 (RFC 4231 test case 2).
-        let c = node_credential(b"Jefe", "what do ya want for nothing?");
-        assert!(c.ends_with(".5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+    fn credentials_split_into_name_and_secret() {
+        let (tok, hash) = new_credential(NODE_CREDENTIAL_PREFIX, "edge-1.example.com");
+        let (name, secret) = split_credential(NODE_CREDENTIAL_PREFIX, &tok).unwrap();
+        assert_eq!(name, "edge-1.example.com");
+        assert_eq!(sha256_hex(secret.as_bytes()), hash);
+        assert_eq!(secret.len(), 64);
+        for bad in [
+            "skiff-node",
+            "skiff-node.",
+            "skiff-node..x",
+            "skiff-node.n.",
+            "skiff-user.n.x",
+        ] {
+            assert_eq!(split_credential(NODE_CREDENTIAL_PREFIX, bad), None, "{bad}");
+        }
+        assert_ne!(new_credential(NODE_CREDENTIAL_PREFIX, "n").0, tok);
+    }
+
+    #[test]
+    fn join_secrets_name_their_token() {
+        let (id, secret) = new_join_secret();
+        assert_eq!(join_token_id(&secret), id);
+        assert!(JoinToken::parse(&JoinToken::new(b"ca", &secret).to_string()).is_ok());
+        assert_eq!(join_token_id(&"a".repeat(64)), "default");
+        assert_eq!(join_token_id("ABCDEF-x"), "default");
+        assert_eq!(join_token_id("abcdef-"), "default");
+    }
+
+    #[test]
+    fn logs_tokens_are_hmac_sha256_of_the_node() {
+        let t = node_logs_token(b"Jefe", "n1");
+        assert!(t.starts_with("skiff-logs.n1."));
+        assert_ne!(t, node_logs_token(b"Jefe", "n2"));
+        assert_ne!(t, node_logs_token(b"other", "n1"));
     }
 
     #[test]

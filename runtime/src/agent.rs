@@ -47,9 +47,8 @@ pub struct AgentConfig {
     pub bind: IpAddr,
     /// Port of the logs endpoint (0 picks one).
     pub port: u16,
-    /// The token this agent uses with the API; the apiserver presents the same token
-    /// when it asks for logs.
-    pub token: String,
+    /// The token the apiserver presents to this node's logs endpoint (from joining).
+    pub logs_token: String,
     /// Runtimes offered.
     pub runtimes: Vec<String>,
     /// CPU kept back, millicores.
@@ -300,7 +299,7 @@ pub async fn start(
         })?;
     let logs_addr = listener.local_addr().unwrap_or(addr);
     let registry = LogRegistry::default();
-    let log_router = logserver::router(registry.clone(), cfg.token.clone());
+    let log_router = logserver::router(registry.clone(), cfg.logs_token.clone());
     let http_limits = cfg.http_limits;
     let log_task = tokio::spawn(async move {
         if let Err(e) = logserver::serve(listener, &cert, log_router, http_limits).await {

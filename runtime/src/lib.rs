@@ -18,7 +18,7 @@
 //!     address: "10.0.0.5".into(),
 //!     bind: [0, 0, 0, 0].into(),
 //!     port: 10250,
-//!     token: "the agent's API token".into(),
+//!     logs_token: "what the apiserver presents to the logs endpoint".into(),
 //!     runtimes: vec!["wasm".into()],
 //!     reserved_milli_cpu: 100,
 //!     reserved_memory: 256 << 20,

@@ -2,8 +2,8 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with kubectl's parameters.
 //!
 //! TLS with a self-signed certificate whose SHA-256 the agent publishes on its Node
-//! (the apiserver pins it); requests must carry the node's own bearer token, which only
-//! this node and the apiserver know.
+//! (the apiserver pins it); requests must carry the node's logs token, which only this
+//! node and the apiserver know (the node learns it when it joins).
 
 use crate::pod::logs::{ContainerLogs, Follower, LogRegistry, Options, read_all, render};
 use axum::Router;
@@ -120,16 +120,12 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), token.as_bytes()))
+        .is_some_and(|t| skiff_api::token::same_secret(t.trim().as_bytes(), token.as_bytes()))
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {

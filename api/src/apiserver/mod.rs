@@ -1,15 +1,22 @@
 //! The HTTP API: one entry point that authenticates, routes Kubernetes paths to verbs on
 //! the store, and renders every refusal as a `Status`.
 
+mod authn;
+mod bootstrap;
+mod escalation;
 mod node;
 mod objects;
 mod request;
+mod reviews;
+mod tokens;
 mod watch;
 
 pub use objects::{DeleteOptions, WriteOptions, now};
 pub use request::{Output, Query, Route, Target, route};
 
-use crate::auth::{self, Attributes, Auth, Identity, Restriction};
+use crate::auth::node::NodeGraph;
+use crate::auth::rbac::Rbac;
+use crate::auth::{self, Attributes, Auth, Restriction, UserInfo};
 use crate::codec::{self, FieldValidation};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
@@ -46,6 +53,10 @@ pub struct Api {
     pub metrics: Metrics,
     shutdown: tokio::sync::watch::Receiver<bool>,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// What the pods bound to each node reference, for the Node authorizer.
+    pub graph: Arc<NodeGraph>,
+    /// The RBAC policy.
+    pub rbac: Arc<Rbac>,
 }
 
 impl Api {
@@ -76,12 +87,29 @@ impl Api {
         extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
     ) -> Arc<Api> {
         Arc::new(Api {
+            graph: Arc::new(NodeGraph::new(store.clone())),
+            rbac: Arc::new(Rbac::default()),
             store,
             auth,
             metrics: Metrics::default(),
             shutdown,
             extra_metrics,
         })
+    }
+
+    /// Keep the authorizers' caches current from the store (the node graph, RBAC) until
+    /// the server shuts down. Without them authorization is still right, only slower.
+    pub fn follow_store(self: &Arc<Self>) {
+        tokio::spawn(
+            self.graph
+                .clone()
+                .follow(self.store.clone(), self.shutdown.clone()),
+        );
+        tokio::spawn(
+            self.rbac
+                .clone()
+                .follow(self.store.clone(), self.shutdown.clone()),
+        );
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -179,11 +207,12 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
         }
         _ => {}
     }
-    let Some(id) = api
-        .auth
-        .authenticate(req.headers().get(header::AUTHORIZATION))
-    else {
+    let Some(real) = api.authenticate(req.headers()) else {
         return ("".into(), "".into(), Err(ApiError::unauthorized()));
+    };
+    let id = match api.impersonate(real, req.headers()) {
+        Ok(u) => u,
+        Err(e) => return ("".into(), "".into(), Err(e)),
     };
     let method = req.method().clone();
     if matches!(route, Route::Join) {
@@ -200,23 +229,29 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
             Err(ApiError::method_not_allowed(&path)),
         );
     }
-    // The join secret opens discovery and the join endpoint, nothing else.
-    if id == Identity::Joining
-        && !matches!(
-            route,
-            Route::Api
-                | Route::Apis
-                | Route::Group(_)
-                | Route::ResourceList(..)
-                | Route::OpenApiIndex
-                | Route::OpenApiDoc(_)
-        )
-    {
+    let discovery = matches!(
+        route,
+        Route::Api
+            | Route::Apis
+            | Route::Group(_)
+            | Route::ResourceList(..)
+            | Route::OpenApiIndex
+            | Route::OpenApiDoc(_)
+    );
+    // The join token opens discovery and the join endpoint, nothing else.
+    if id.is_joining() && !discovery {
         return (
             "".into(),
             "".into(),
             Err(ApiError::forbidden(auth::join_first_message(&id))),
         );
+    }
+    if !matches!(route, Route::Resource(_) | Route::NotFound) && !id.is_joining() {
+        let policy = api.rbac.policy(&*api.store);
+        if let Err(e) = auth::authorize(&id, &Attributes::path("get", &path), &*api.graph, &policy)
+        {
+            return ("get".into(), "".into(), Err(e));
+        }
     }
     let accept = req
         .headers()
@@ -277,14 +312,27 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
                 Some(s) => format!("{}/{s}", t.res.plural),
                 None => t.res.plural.to_string(),
             };
-            let attrs = Attributes {
-                verb: &verb,
-                res: t.res,
-                sub: t.sub.as_deref(),
-                ns: t.ns.as_deref(),
-                name: t.name.as_deref(),
+            // As Kubernetes' RequestInfo: a namespace's own name is the namespace of a
+            // request on it, and a list or watch of one name is a request on that name.
+            let selected = if t.name.is_none() && matches!(verb.as_str(), "list" | "watch") {
+                q.get("fieldSelector").and_then(single_name)
+            } else {
+                None
             };
-            let r = match auth::authorize(&id, &attrs) {
+            let ns = if t.res.kind == "Namespace" {
+                t.name.as_deref()
+            } else {
+                t.ns.as_deref()
+            };
+            let attrs = Attributes::of(
+                &verb,
+                t.res,
+                t.sub.as_deref(),
+                ns,
+                t.name.as_deref().or(selected.as_deref()),
+            );
+            let policy = api.rbac.policy(&*api.store);
+            let r = match auth::authorize(&id, &attrs, &*api.graph, &policy) {
                 Ok(restriction) => {
                     resource(api, &id, restriction, t.clone(), q, &verb, &accept, req).await
                 }
@@ -321,6 +369,15 @@ fn discovery_response(accept: &str, legacy: bool) -> Response {
         discovery::api_group_list()
     };
     value_response(StatusCode::OK, &body)
+}
+
+/// The name a field selector picks, if it is exactly `metadata.name=X`.
+fn single_name(fs: &str) -> Option<String> {
+    let fs = fs.trim();
+    let v = fs
+        .strip_prefix("metadata.name==")
+        .or_else(|| fs.strip_prefix("metadata.name="))?;
+    (!v.is_empty() && !v.contains(',')).then(|| v.to_string())
 }
 
 fn verb_of(method: &Method, t: &Target, q: &Query) -> String {
@@ -380,7 +437,7 @@ async fn read_body(req: Request) -> ApiResult<(String, Bytes)> {
 #[allow(clippy::too_many_arguments)]
 async fn resource(
     api: &Arc<Api>,
-    id: &Identity,
+    id: &UserInfo,
     restriction: Restriction,
     t: Target,
     q: Query,
@@ -390,27 +447,54 @@ async fn resource(
 ) -> ApiResult<Response> {
     let res = t.res;
     let ns = t.ns.as_deref();
-    let attrs = Attributes {
-        verb,
-        res,
-        sub: t.sub.as_deref(),
-        ns,
-        name: t.name.as_deref(),
+    let attrs = Attributes::of(verb, res, t.sub.as_deref(), ns, t.name.as_deref());
+    // Restrictions are enforced by the arms below that read the object, query or body
+    // they depend on; any other request that carries one is refused rather than let
+    // through unchecked.
+    let enforced = match &restriction {
+        Restriction::None => true,
+        Restriction::CreateNamed(_) => (verb, attrs.sub) == ("create", None),
+        Restriction::NodeLabels(_) => {
+            matches!(
+                (verb, attrs.sub),
+                ("update" | "patch", None | Some("status"))
+            )
+        }
+        Restriction::PodBoundTo(_) => matches!(
+            (verb, attrs.sub),
+            ("update" | "patch", Some("status")) | ("delete" | "get", None)
+        ),
+        Restriction::NodeSelector(_) => matches!((verb, attrs.sub), ("list" | "watch", None)),
+        Restriction::TokenForPodOn(_) => (verb, attrs.sub) == ("create", Some("token")),
     };
-    // Restrictions are enforced by the create, update, patch and delete arms below; any
-    // other request that carries one is refused rather than let through unchecked.
-    let enforced = matches!(
-        (verb, attrs.sub),
-        ("create", None) | ("update" | "patch", None | Some("status")) | ("delete", None)
-    );
-    if restriction != Restriction::None && !enforced {
+    if !enforced {
         return Err(auth::forbidden(id, &attrs, None));
+    }
+    restriction.check_selector(id, &attrs, q.get("fieldSelector").unwrap_or(""))?;
+    if res.create_only {
+        if verb != "create" {
+            return Err(ApiError::method_not_allowed(&format!(
+                "{verb} on {}",
+                res.plural
+            )));
+        }
+        let (ct, body) = read_body(req).await?;
+        let obj = codec::decode(&ct, &body)?;
+        let (obj, _) = codec::typed(res, obj, FieldValidation::Ignore)?;
+        let out = api.review(id, res, ns, obj)?;
+        return Ok(value_response(StatusCode::CREATED, &out));
     }
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
     match (verb, t.name.as_deref(), t.sub.as_deref()) {
         ("list", None, None) => {
             let output = request::negotiate(Some(accept), &q)?;
             list(api, res, ns, &q, output)
+        }
+        ("create", Some(name), Some("token")) => {
+            let (ct, body) = read_body(req).await?;
+            let body = codec::decode(&ct, &body)?;
+            let out = api.token_request(&restriction, ns.unwrap_or_default(), name, body)?;
+            Ok(value_response(StatusCode::CREATED, &out))
         }
         ("watch", None, None) => {
             let output = request::negotiate(Some(accept), &q)?;
@@ -427,6 +511,9 @@ async fn resource(
         ("get", Some(name), None | Some("status")) => {
             let output = request::negotiate(Some(accept), &q)?;
             let kv = api.get_kv(res, ns, name)?;
+            if restriction != Restriction::None {
+                restriction.check_stored(id, &attrs, &parse(&kv)?)?;
+            }
             match output {
                 Output::Json => Ok(json_response(StatusCode::OK, kv.value)),
                 Output::Table(include) => {
@@ -452,6 +539,7 @@ async fn resource(
             let (ct, body) = read_body(req).await?;
             let obj = codec::decode(&ct, &body)?;
             restriction.check_created(id, &attrs, &obj)?;
+            api.check_escalation(id, res, ns, &obj)?;
             let w = api.create(res, ns, obj, fv, dry).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, w.body),
@@ -478,6 +566,8 @@ async fn resource(
                     WriteOptions::client(fv, dry),
                     |cur| {
                         restriction.check_stored(id, &attrs, cur)?;
+                        restriction.check_change(cur, &new)?;
+                        api.check_escalation(id, res, ns, &new)?;
                         if finalize {
                             let mut c = cur.clone();
                             c["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
@@ -505,7 +595,10 @@ async fn resource(
             let w = api
                 .update(res, ns, name, sub, WriteOptions::client(fv, dry), |cur| {
                     restriction.check_stored(id, &attrs, cur)?;
-                    patch::apply(kind, cur, &p)
+                    let new = patch::apply(kind, cur, &p)?;
+                    restriction.check_change(cur, &new)?;
+                    api.check_escalation(id, res, ns, &new)?;
+                    Ok(new)
                 })
                 .await?;
             Ok(with_warnings(

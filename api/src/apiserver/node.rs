@@ -3,7 +3,7 @@
 
 use super::objects::parse;
 use super::{Api, read_body, value_response};
-use crate::auth::Identity;
+use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::https;
 use crate::node::{AgentEndpoint, LogOptions, container_logs_path};
@@ -45,15 +45,16 @@ pub(super) fn cacerts(api: &Api, method: &Method, path: &str) -> ApiResult<Respo
         .into_response())
 }
 
-/// `POST /skiff/v1/join` with `{"nodeName": "..."}`: the node credential for that name.
-pub(super) async fn join(api: &Arc<Api>, id: &Identity, req: Request) -> ApiResult<Response> {
+/// `POST /skiff/v1/join` with `{"nodeName": "..."}`: the node credential for that name
+/// (see [`Api::join_as`]).
+pub(super) async fn join(api: &Arc<Api>, id: &UserInfo, req: Request) -> ApiResult<Response> {
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed("/skiff/v1/join: use POST"));
     }
-    if let Identity::Node(_) = id {
+    if !(id.is_joining() || id.node_name().is_some() || id.is_master()) {
         return Err(ApiError::forbidden(format!(
-            "User \"{}\" already holds a node credential; joining takes the join token",
-            id.user()
+            "User \"{}\" may not join: joining takes a join token (`skiff token create`)",
+            id.name
         )));
     }
     let (_, body) = read_body(req).await?;
@@ -85,11 +86,8 @@ pub(super) async fn join(api: &Arc<Api>, id: &Identity, req: Request) -> ApiResu
         let cause = Cause::invalid("nodeName", &json!(name), errs.join("; "));
         return Err(ApiError::invalid(nodes, name, &[cause]));
     }
-    tracing::info!(node = name, by = %id.user(), "node credential issued");
-    Ok(value_response(
-        StatusCode::OK,
-        &json!({"token": api.auth.node_credential(name)}),
-    ))
+    let answer = api.join_as(id, name).await?;
+    Ok(value_response(StatusCode::OK, &answer))
 }
 
 /// The container whose logs are asked for: the named one, or the only one.
@@ -174,7 +172,7 @@ pub(super) async fn logs(
     let req = http::Request::get(path)
         .header(
             header::AUTHORIZATION,
-            format!("Bearer {}", api.auth.node_credential(node)),
+            format!("Bearer {}", api.auth.node_logs_token(node)),
         )
         .body(Full::new(Bytes::new()))
         .map_err(ApiError::internal)?;

@@ -160,6 +160,14 @@ pub struct Written {
 }
 
 impl Api {
+    /// Bookkeeping after a write of a `res` object: the RBAC policy is rebuilt when an
+    /// RBAC object changed, so the next request is judged by it.
+    fn written(&self, res: &Resource) {
+        if res.group == crate::auth::rbac::GROUP {
+            self.rbac.invalidate();
+        }
+    }
+
     /// The stored object, or 404.
     pub fn get_kv(&self, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<KeyValue> {
         self.store
@@ -305,6 +313,7 @@ impl Api {
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
+                    self.written(res);
                     let body = r.into_first_value();
                     return Ok(Written { body, warnings });
                 }
@@ -474,6 +483,7 @@ impl Api {
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
+                    self.written(res);
                     let body = r.into_first_value();
                     if finished {
                         self.after_delete(res, ns, &new, None);
@@ -676,6 +686,7 @@ impl Api {
             };
             match self.store.txn(vec![op]).await {
                 Ok(_) => {
+                    self.written(res);
                     self.after_delete(res, ns, &obj, opts.propagation.as_deref());
                     return Ok(kv.value);
                 }
@@ -882,37 +893,6 @@ impl Api {
             }
         }
     }
-
-    /// Create what every cluster starts with, if missing: the system namespaces and the
-    /// built-in RuntimeClasses.
-    pub async fn bootstrap(self: &Arc<Self>) -> ApiResult<()> {
-        let objects = [
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-public"}}),
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-node-lease"}}),
-            runtime_class("wasm", &["wasm"]),
-            runtime_class("oci", &["oci"]),
-            runtime_class("mixed", &["wasm", "oci"]),
-        ];
-        for o in objects {
-            let res = by_kind(o["kind"].as_str().unwrap_or_default())
-                .ok_or_else(|| ApiError::internal("unknown bootstrap kind"))?;
-            let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            if self.store.get(&res.key(None, name)).is_some() {
-                continue;
-            }
-            match self
-                .create(res, None, o.clone(), FieldValidation::Strict, false)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Kinds whose spec changes bump `metadata.generation` (those a controller reconciles).
@@ -921,18 +901,4 @@ fn tracks_generation(res: &Resource) -> bool {
         res.kind,
         "Pod" | "Deployment" | "ReplicaSet" | "DaemonSet" | "Job"
     )
-}
-
-fn runtime_class(name: &str, runtimes: &[&str]) -> Value {
-    let mut selector = serde_json::Map::new();
-    for r in runtimes {
-        selector.insert(format!("runtime.skiff.dev/{r}"), json!("true"));
-    }
-    json!({
-        "apiVersion": "node.k8s.io/v1",
-        "kind": "RuntimeClass",
-        "metadata": {"name": name, "labels": {"skiff.dev/built-in": "true"}},
-        "handler": name,
-        "scheduling": {"nodeSelector": selector},
-    })
 }

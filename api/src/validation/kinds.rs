@@ -33,6 +33,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
             }
         }
         "Event" if obj["involvedObject"].is_null() => out.push(Cause::required("involvedObject")),
+        "Role" | "ClusterRole" => super::rbac::rules(obj, res.namespaced, &mut out),
+        "RoleBinding" | "ClusterRoleBinding" => super::rbac::binding(obj, res.namespaced, &mut out),
         _ => {}
     }
     out
@@ -90,6 +92,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
                 out.push(Cause::invalid("type", &new["type"], "field is immutable"));
             }
         }
+        "RoleBinding" | "ClusterRoleBinding" => super::rbac::binding_update(old, new, &mut out),
         _ => {}
     }
     out

@@ -2,6 +2,7 @@
 //! the per-kind checks built from them.
 
 mod kinds;
+mod rbac;
 
 pub use kinds::{validate, validate_update};
 
