@@ -314,9 +314,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if !skiff_api::auth::node::kubelet_may_set(k) {
+        return Err(format!(
+            "a node may not set {k:?} on itself: labels under kubernetes.io and k8s.io other \
+             than the kubelet's own, and any under node-restriction.kubernetes.io, are the \
+             admin's to set (kubectl label node)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn agent_config(

@@ -255,7 +255,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub name: String,
     server_url: String,
-    token_file: PathBuf,
+    /// The join token file it starts with (`None`: none, its stored credential only).
+    pub token_file: Option<PathBuf>,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -265,13 +266,27 @@ impl Agent {
         Agent::start_with(server, name, &[])
     }
 
+    /// An agent joining with the join token in `token_file`.
+    pub fn start_with_token(server: &Server, name: &str, token_file: &Path) -> Agent {
+        let mut a = Agent {
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            server_url: server.url(""),
+            token_file: Some(token_file.to_path_buf()),
+            extra: Vec::new(),
+            child: None,
+        };
+        a.restart();
+        a
+    }
+
     /// Same, with more `skiff agent` flags.
     pub fn start_with(server: &Server, name: &str, extra: &[&str]) -> Agent {
         let mut a = Agent {
             dir: tempfile::tempdir().expect("tempdir"),
             name: name.to_string(),
             server_url: server.url(""),
-            token_file: server.dir.join("node-token"),
+            token_file: Some(server.dir.join("node-token")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -296,9 +311,12 @@ impl Agent {
     /// Start (again) on the same state directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the agent first");
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["agent", "--server", &self.server_url, "--token-file"])
-            .arg(&self.token_file)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        cmd.args(["agent", "--server", &self.server_url]);
+        if let Some(f) = &self.token_file {
+            cmd.arg("--token-file").arg(f);
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(self.dir.path())
             .args([
@@ -316,6 +334,23 @@ impl Agent {
             .spawn()
             .expect("start skiff agent");
         self.child = Some(child);
+    }
+
+    /// Wait for the agent to exit by itself (up to `within`); its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Whether the agent process is still alive.
