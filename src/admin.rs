@@ -40,6 +40,11 @@ fn cluster_of(kubeconfig: &Path) -> anyhow::Result<(String, String)> {
     Ok((String::from_utf8(ca).context("the CA is not text")?, server))
 }
 
+/// The cluster CA (PEM) of a kubeconfig's current context.
+pub fn cluster_ca(kubeconfig: &Path) -> anyhow::Result<String> {
+    Ok(cluster_of(kubeconfig)?.0)
+}
+
 fn secrets(client: &kube::Client) -> Api<Secret> {
     Api::namespaced(client.clone(), NAMESPACE)
 }

@@ -492,8 +492,15 @@ fn spawn_scheduler(
     });
 }
 
-fn spawn_controllers(client: kube::Client, stop: tokio::sync::watch::Receiver<bool>) {
-    let config = skiff_controllers::Config { host: hostname() };
+fn spawn_controllers(
+    client: kube::Client,
+    root_ca: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let config = skiff_controllers::Config {
+        host: hostname(),
+        root_ca: Some(root_ca),
+    };
     tokio::spawn(async move {
         tracing::info!("controllers started");
         if let Err(e) = skiff_controllers::run(client, config, stopped(stop)).await {
@@ -640,7 +647,11 @@ fn main() -> anyhow::Result<()> {
                             r.router.clone(),
                             &r.credentials.admin_token,
                         ) {
-                            Ok(client) => spawn_controllers(client, stop_rx.clone()),
+                            Ok(client) => spawn_controllers(
+                                client,
+                                r.credentials.ca_pem.clone(),
+                                stop_rx.clone(),
+                            ),
                             Err(e) => tracing::error!(error = %e, "cannot start the controllers"),
                         }
                     }
@@ -804,7 +815,10 @@ fn main() -> anyhow::Result<()> {
             init_logs();
             runtime()?.block_on(async move {
                 let client = skiff_api::client::from_kubeconfig(&kubeconfig).await?;
-                let config = skiff_controllers::Config { host: hostname() };
+                let config = skiff_controllers::Config {
+                    host: hostname(),
+                    root_ca: admin::cluster_ca(&kubeconfig).ok(),
+                };
                 tracing::info!(kubeconfig = %kubeconfig.display(), "controllers started");
                 skiff_controllers::run(client, config, shutdown_signal())
                     .await

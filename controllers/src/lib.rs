@@ -1,5 +1,7 @@
-//! Skiff's workload controllers: the ReplicaSet, Deployment, Job and DaemonSet reconcilers
-//! that turn those objects into Pods, as ordinary API clients (in `skiff server`, or alone as
+//! Skiff's controllers: the ReplicaSet, Deployment, Job and DaemonSet reconcilers that
+//! turn those objects into Pods, and the ServiceAccount controller that gives every
+//! namespace its `default` ServiceAccount and the cluster CA ([`serviceaccounts`]), as
+//! ordinary API clients (in `skiff server`, or alone as
 //! `skiff controllers --kubeconfig FILE`, against any Kubernetes-compatible apiserver).
 //!
 //! Start reading at [`run::run`]: it fills one shared cache per kind ([`cache`]: one
@@ -34,6 +36,7 @@ pub mod job;
 pub mod pods;
 pub mod replicaset;
 pub mod run;
+pub mod serviceaccounts;
 
 pub use run::{Config, run};
 

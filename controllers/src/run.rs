@@ -37,6 +37,9 @@ use std::time::Duration;
 pub struct Config {
     /// Name of this machine, reported in events.
     pub host: String,
+    /// The cluster CA, published in every namespace as `kube-root-ca.crt` (`None`: not
+    /// published).
+    pub root_ca: Option<String>,
 }
 
 /// Why the controllers stopped.
@@ -339,6 +342,11 @@ pub async fn run(
     }
     tracing::info!("controller caches synced");
 
+    let accounts = crate::serviceaccounts::run(
+        client.clone(),
+        config.root_ca.clone(),
+        std::future::pending(),
+    );
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "skiff-controllers", &config.host),
         client,
@@ -368,6 +376,7 @@ pub async fn run(
     );
     tokio::select! {
         _ = loops => {}
+        _ = accounts => {}
         _ = &mut stop => {}
     }
     abort();

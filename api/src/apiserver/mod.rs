@@ -1,6 +1,7 @@
 //! The HTTP API: one entry point that authenticates, routes Kubernetes paths to verbs on
 //! the store, and renders every refusal as a `Status`.
 
+mod admission;
 mod authn;
 mod bootstrap;
 mod escalation;

@@ -240,7 +240,16 @@ impl Api {
     ) -> ApiResult<Written> {
         let mut obj = obj;
         Self::check_type(res, &mut obj)?;
-        let (mut obj, warnings) = codec::typed(res, obj, fv)?;
+        // Admission mutates before the schema pass, so what it adds is kept in the same
+        // normal form as the rest (a later update compares against it).
+        let admitted = if res.kind == "Pod" && obj["spec"].is_object() {
+            self.namespace_ok(res, ns)?;
+            self.admit_service_account(ns.unwrap_or("default"), &mut obj)?
+        } else {
+            Vec::new()
+        };
+        let (mut obj, mut warnings) = codec::typed(res, obj, fv)?;
+        warnings.extend(admitted);
         let md = &mut obj["metadata"];
         if !md.is_object() {
             *md = json!({});

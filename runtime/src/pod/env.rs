@@ -19,6 +19,19 @@ pub trait Objects: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> impl std::future::Future<Output = Result<Option<Secret>, String>> + Send;
+    /// A token of ServiceAccount `namespace/name` bound to `pod` (name and uid), for
+    /// `audience` (none: the apiserver's) and `seconds`; with when it expires.
+    fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: (&str, &str),
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> impl std::future::Future<Output = Result<(String, jiff::Timestamp), String>> + Send {
+        let _ = (namespace, name, pod, audience, seconds);
+        async { Err("no ServiceAccount tokens here".to_string()) }
+    }
 }
 
 /// Why the environment (or a volume) could not be built: the container waits with

@@ -130,7 +130,18 @@ impl Slot {
     }
 }
 
-/// The API as the source of ConfigMaps and Secrets.
+/// The lifetime a projected volume asks its ServiceAccount token for, if it has one.
+fn token_seconds(v: &k8s_openapi::api::core::v1::Volume) -> Option<i64> {
+    v.projected
+        .as_ref()?
+        .sources
+        .iter()
+        .flatten()
+        .find_map(|s| s.service_account_token.as_ref())
+        .map(|t| t.expiration_seconds.unwrap_or(3607))
+}
+
+/// The API as the source of ConfigMaps, Secrets and ServiceAccount tokens.
 pub struct ApiObjects(pub kube::Client);
 
 impl Objects for ApiObjects {
@@ -146,6 +157,39 @@ impl Objects for ApiObjects {
             .get_opt(name)
             .await
             .map_err(|e| format!("reading secret {ns}/{name}: {e}"))
+    }
+
+    async fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        pod: (&str, &str),
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> Result<(String, jiff::Timestamp), String> {
+        let req = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {
+                "audiences": audience.map(|a| vec![a]),
+                "expirationSeconds": seconds,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.0, "uid": pod.1},
+            },
+        });
+        let out: serde_json::Value =
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.0.clone(), ns)
+                .create_subresource("token", name, &kube::api::PostParams::default(), &req)
+                .await
+                .map_err(|e| format!("requesting a token: {e}"))?;
+        let token = out["status"]["token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or("the TokenRequest answer has no token")?
+            .to_string();
+        let expires = out["status"]["expirationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .ok_or("the TokenRequest answer has no expirationTimestamp")?;
+        Ok((token, expires))
     }
 }
 
@@ -183,6 +227,8 @@ pub struct Worker {
     init_done: bool,
     sandbox: Option<Sandbox>,
     sandbox_retry: Option<Instant>,
+    /// When the projected ServiceAccount tokens are fetched again.
+    token_refresh: Option<Instant>,
     sandbox_backoff: Duration,
     volumes: Option<BTreeMap<String, (PathBuf, bool)>>,
     handler: Option<Result<String, String>>,
@@ -224,6 +270,7 @@ impl Worker {
             init_done: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
             sandbox: None,
             sandbox_retry: None,
+            token_refresh: None,
             sandbox_backoff: Duration::ZERO,
             volumes: None,
             handler: None,
@@ -266,6 +313,9 @@ impl Worker {
             if self.deleting() {
                 self.terminate(true).await;
                 return;
+            }
+            if self.token_refresh.is_some_and(|t| t <= Instant::now()) {
+                self.refresh_tokens().await;
             }
             self.step().await;
             self.publish().await;
@@ -409,6 +459,7 @@ impl Worker {
             .filter(|s| !s.final_ && !s.st.running())
             .filter_map(|s| s.retry_at)
             .chain(self.sandbox_retry)
+            .chain(self.token_refresh)
             .chain(self.publish_retry)
             .map(|t| t.max(now))
             .min()
@@ -722,12 +773,61 @@ impl Worker {
         for v in &vols {
             let dir =
                 volumes::materialize(&self.pod, v, &root, &objects, &self.ctx.node.host_ip).await?;
-            let always_ro =
-                v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some();
+            let always_ro = v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some();
+            if let Some(seconds) = token_seconds(v) {
+                let now = jiff::Timestamp::now();
+                let until = now + jiff::SignedDuration::from_secs(seconds);
+                let after = volumes::token_refresh_after(now, until);
+                self.token_refresh = Some(Instant::now() + after);
+            }
             out.insert(v.name.clone(), (dir, always_ro));
         }
         self.volumes = Some(out.clone());
         Ok(out)
+    }
+
+    /// Fetch the projected ServiceAccount tokens again, in place.
+    async fn refresh_tokens(&mut self) {
+        let Some(dirs) = self.volumes.clone() else {
+            self.token_refresh = None;
+            return;
+        };
+        let objects = ApiObjects(self.ctx.client.clone());
+        let vols = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut next = None;
+        for v in vols.iter().filter(|v| token_seconds(v).is_some()) {
+            let Some((dir, _)) = dirs.get(&v.name) else {
+                continue;
+            };
+            match volumes::refresh_projected_token(
+                &self.pod,
+                v,
+                dir,
+                &objects,
+                &self.ctx.node.host_ip,
+            )
+            .await
+            {
+                Ok(Some((issued, expires))) => {
+                    let at = Instant::now() + volumes::token_refresh_after(issued, expires);
+                    next = Some(next.map_or(at, |n: Instant| n.min(at)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, volume = %v.name, error = %e, "ServiceAccount token not refreshed; retrying");
+                    next = Some(Instant::now() + Duration::from_secs(10));
+                }
+            }
+        }
+        self.token_refresh = next;
     }
 
     fn http_spec(&self, c: &K8sContainer) -> HttpSpec {

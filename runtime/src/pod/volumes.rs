@@ -1,8 +1,9 @@
 //! Pod volumes as directories a Wasm guest can have preopened: `emptyDir`, `hostPath`,
-//! `configMap`, `secret` and `downwardAPI`. Nothing else of the host is visible.
+//! `configMap`, `secret`, `downwardAPI` and `projected` (ServiceAccount tokens among its
+//! sources). Nothing else of the host is visible.
 
 use super::env::{ConfigError, Objects, field_ref};
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ProjectedVolumeSource, Volume};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -112,6 +113,148 @@ fn project(
     Ok(out)
 }
 
+/// When a projected ServiceAccount token should be fetched again: at 80% of its life,
+/// and at least daily, as the kubelet does.
+pub fn token_refresh_after(
+    issued: jiff::Timestamp,
+    expires: jiff::Timestamp,
+) -> std::time::Duration {
+    let life = expires
+        .as_second()
+        .saturating_sub(issued.as_second())
+        .max(0) as u64;
+    std::time::Duration::from_secs((life * 8 / 10).min(24 * 3600))
+}
+
+/// The files of a projected volume, and when its token (if it has one) expires.
+async fn projected_files(
+    pod: &Pod,
+    p: &ProjectedVolumeSource,
+    objects: &impl Objects,
+    host_ip: &str,
+) -> Result<
+    (
+        BTreeMap<String, Vec<u8>>,
+        Option<(jiff::Timestamp, jiff::Timestamp)>,
+    ),
+    ConfigError,
+> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut files = BTreeMap::new();
+    let mut token_life = None;
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            let issued = jiff::Timestamp::now();
+            let (token, expires) = objects
+                .service_account_token(
+                    ns,
+                    &sa,
+                    (name, uid),
+                    t.audience.as_deref().filter(|a| !a.is_empty()),
+                    t.expiration_seconds.unwrap_or(3607),
+                )
+                .await
+                .map_err(|e| ConfigError(format!("serviceaccount token for {ns}/{sa}: {e}")))?;
+            files.insert(t.path.clone(), token.into_bytes());
+            token_life = Some((issued, expires));
+        }
+        if let Some(c) = &src.config_map {
+            let data = match objects.config_map(ns, &c.name).await.map_err(ConfigError)? {
+                Some(cm) => {
+                    let mut d: BTreeMap<String, Vec<u8>> = cm
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    d.extend(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
+                    d
+                }
+                None if c.optional.unwrap_or(false) => BTreeMap::new(),
+                None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
+            };
+            files.extend(project(data, c.items.as_ref(), &c.name)?);
+        }
+        if let Some(s) = &src.secret {
+            let data = match objects.secret(ns, &s.name).await.map_err(ConfigError)? {
+                Some(sec) => sec
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+                None if s.optional.unwrap_or(false) => BTreeMap::new(),
+                None => return Err(ConfigError(format!("secret \"{}\" not found", s.name))),
+            };
+            files.extend(project(data, s.items.as_ref(), &s.name)?);
+        }
+        if let Some(d) = &src.downward_api {
+            for it in d.items.iter().flatten() {
+                if let Some(f) = &it.field_ref {
+                    files.insert(
+                        it.path.clone(),
+                        field_ref(pod, &f.field_path, host_ip)?.into_bytes(),
+                    );
+                }
+            }
+        }
+    }
+    Ok((files, token_life))
+}
+
+/// Fetch a projected volume's token again and replace its file inside the same
+/// directory (a guest holds that directory open, so it cannot be swapped for a new
+/// one). Returns when it expires.
+pub async fn refresh_projected_token(
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+    objects: &impl Objects,
+    host_ip: &str,
+) -> Result<Option<(jiff::Timestamp, jiff::Timestamp)>, ConfigError> {
+    let Some(p) = &v.projected else {
+        return Ok(None);
+    };
+    let (files, life) = projected_files(pod, p, objects, host_ip).await?;
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token
+            && let Some(bytes) = files.get(&t.path)
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            if !safe_relative(&t.path) {
+                return Err(ConfigError(format!(
+                    "invalid volume item path {:?}",
+                    t.path
+                )));
+            }
+            let tmp = dir.join(format!(".{}.refresh", t.path.replace('/', "_")));
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io(&tmp, e))?;
+            std::io::Write::write_all(&mut f, bytes).map_err(|e| io(&tmp, e))?;
+            let target = dir.join(&t.path);
+            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
+        }
+    }
+    Ok(life)
+}
+
 /// Materialize one pod volume under `root` (the pod's volume directory). Returns the
 /// directory backing it.
 pub async fn materialize(
@@ -195,6 +338,11 @@ pub async fn materialize(
         )?;
         return Ok(dir);
     }
+    if let Some(p) = &v.projected {
+        let (files, _) = projected_files(pod, p, objects, host_ip).await?;
+        write_files(&dir, &files, Access::Private)?;
+        return Ok(dir);
+    }
     if let Some(d) = &v.downward_api {
         let mut files = BTreeMap::new();
         for it in d.items.iter().flatten() {
@@ -209,7 +357,7 @@ pub async fn materialize(
         return Ok(dir);
     }
     Err(ConfigError(format!(
-        "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
+        "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
         v.name
     )))
 }
@@ -271,6 +419,69 @@ mod tests {
                 serde_json::from_value(json!({"data": {"key.pem": "a2V5"}})).unwrap_or_default()
             }))
         }
+        async fn service_account_token(
+            &self,
+            ns: &str,
+            name: &str,
+            pod: (&str, &str),
+            _audience: Option<&str>,
+            seconds: i64,
+        ) -> Result<(String, jiff::Timestamp), String> {
+            let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
+            Ok((format!("token-of-{ns}/{name}-for-{}/{}", pod.0, pod.1), at))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_projected_volume_holds_the_pods_token_ca_and_namespace() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+            "spec": {"serviceAccountName": "app"},
+        }))
+        .unwrap_or_default();
+        let v = vol(
+            json!({"name": "kube-api-access-x", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "site", "items": [{"key": "index.html", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ]}}),
+        );
+        let d = materialize(&pod, &v, tmp.path(), &Table, "")
+            .await
+            .unwrap_or_default();
+        let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        assert_eq!(read("token"), "token-of-ns/app-for-web/u1");
+        assert_eq!(read("ca.crt"), "<h1>hi</h1>");
+        assert_eq!(read("namespace"), "ns");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("token"))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok();
+        assert_eq!(mode, Some(0o600));
+        // A refresh replaces the token inside the same directory (a guest holds it open).
+        let inode = |p: &Path| {
+            std::os::unix::fs::MetadataExt::ino(
+                &std::fs::metadata(p).unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        let before = inode(&d);
+        std::fs::write(d.join("token"), "stale").unwrap_or_default();
+        let life = refresh_projected_token(&pod, &v, &d, &Table, "")
+            .await
+            .unwrap_or_default();
+        assert!(life.is_some());
+        assert_eq!(read("token"), "token-of-ns/app-for-web/u1");
+        assert_eq!(inode(&d), before);
+    }
+
+    #[test]
+    fn tokens_are_refreshed_at_four_fifths_of_their_life_and_daily() {
+        let now = jiff::Timestamp::now();
+        let secs = |s: i64| now + jiff::SignedDuration::from_secs(s);
+        assert_eq!(token_refresh_after(now, secs(3600)).as_secs(), 2880);
+        assert_eq!(token_refresh_after(now, secs(365 * 86400)).as_secs(), 86400);
+        assert_eq!(token_refresh_after(now, secs(-5)).as_secs(), 0);
     }
 
     fn vol(v: serde_json::Value) -> Volume {
@@ -340,7 +551,7 @@ mod tests {
             ),
             (
                 json!({"name": "c", "nfs": {"server": "x", "path": "/"}}),
-                "volume \"c\": only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
+                "volume \"c\": only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
             ),
             (
                 json!({"name": "d", "configMap": {"name": "site", "items": [{"key": "index.html", "path": "../escape"}]}}),
