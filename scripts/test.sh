@@ -30,6 +30,9 @@ scripts/build-guests.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets (fuzz/, run with `cargo fuzz`) build with the rest; running them is
+# not part of the test run.
+cargo build -p skiff-fuzz --bins --locked
 if command -v cargo-nextest >/dev/null; then
   # nextest does not run doctests; run them first so the summary below closes the log
   cargo test --workspace --locked --doc -q

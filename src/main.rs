@@ -58,6 +58,19 @@ enum Command {
         /// Client connections one address may hold open at once.
         #[arg(long, default_value_t = 1024)]
         max_connections_per_ip: usize,
+        /// Write an audit log (one JSON line per request, Kubernetes' audit events) here.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+        /// Rotate the audit log past this size, in MiB.
+        #[arg(long, default_value_t = 100)]
+        audit_log_max_size_mib: u64,
+        /// Rotated audit logs kept.
+        #[arg(long, default_value_t = 10)]
+        audit_log_max_backups: usize,
+        /// The Pod Security level (privileged, baseline, restricted) new namespaces are
+        /// labelled to enforce when they do not say (`pod-security.kubernetes.io/enforce`).
+        #[arg(long, default_value = "baseline", value_parser = parse_level)]
+        pod_security_default: skiff_api::podsecurity::Level,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -304,6 +317,18 @@ struct NodeArgs {
     /// Connections the logs endpoint, and each Wasm HTTP service, holds open at once.
     #[arg(long, default_value_t = 1024)]
     http_max_connections: usize,
+}
+
+fn parse_level(s: &str) -> Result<skiff_api::podsecurity::Level, String> {
+    use skiff_api::podsecurity::Level;
+    match s {
+        "privileged" => Ok(Level::Privileged),
+        "baseline" => Ok(Level::Baseline),
+        "restricted" => Ok(Level::Restricted),
+        _ => Err(format!(
+            "{s:?} is not one of privileged, baseline, restricted"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -578,6 +603,10 @@ fn main() -> anyhow::Result<()> {
             request_header_timeout,
             max_connections,
             max_connections_per_ip,
+            audit_log,
+            audit_log_max_size_mib,
+            audit_log_max_backups,
+            pod_security_default,
             node,
         } => {
             init_logs();
@@ -594,6 +623,12 @@ fn main() -> anyhow::Result<()> {
                         max_connections_per_ip,
                     },
                     local_node: (!no_agent).then(|| node_name.clone()),
+                    audit: audit_log.map(|path| skiff_api::audit::AuditConfig {
+                        path,
+                        max_bytes: audit_log_max_size_mib << 20,
+                        max_backups: audit_log_max_backups,
+                    }),
+                    pod_security_default,
                 };
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let stop = async move {

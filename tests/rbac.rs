@@ -484,3 +484,66 @@ async fn whoami_and_impersonation_follow_rbac() {
     let out = kubectl_as(&ed, &cache, &["-n", "team", "get", "configmaps"]);
     assert!(text(&out).contains("Unauthorized"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_and_how_it_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit/audit.log");
+    let s = Server::start_with(&[
+        "--no-scheduler",
+        "--no-controllers",
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    let cache = tmp.path().join("cache");
+    let vera = make_user(&s, tmp.path(), "vera", &[]);
+    s.kubectl_ok(&["create", "configmap", "audited", "--from-literal=a=b"]);
+    let out = kubectl_as(&vera, &cache, &["get", "secret", "db"]);
+    assert!(text(&out).contains("forbidden"), "{}", text(&out));
+    s.kubectl(&["get", "pods", "--as=vera"]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| lines.iter().find(|e| pred(e)).cloned();
+    let created = find(&|e| e["verb"] == "create" && e["objectRef"]["resource"] == "configmaps")
+        .expect("the configmap create is audited");
+    assert_eq!(created["user"]["username"], "skiff:admin");
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert_eq!(created["objectRef"]["namespace"], "default");
+    assert_eq!(created["sourceIPs"][0], "127.0.0.1");
+    assert_eq!(created["apiVersion"], "audit.k8s.io/v1");
+    assert!(
+        created["userAgent"]
+            .as_str()
+            .unwrap()
+            .starts_with("kubectl"),
+        "{created}"
+    );
+    let refused =
+        find(&|e| e["user"]["username"] == "vera" && e["objectRef"]["resource"] == "secrets")
+            .expect("vera's refused get is audited");
+    assert_eq!(refused["verb"], "get");
+    assert_eq!(refused["objectRef"]["name"], "db");
+    assert_eq!(refused["responseStatus"]["code"], 403);
+    assert_eq!(
+        refused["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    assert!(
+        refused["responseStatus"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot get resource"),
+        "{refused}"
+    );
+    let impersonated = find(&|e| {
+        e["impersonatedUser"]["username"] == "vera" && e["objectRef"]["resource"] == "pods"
+    })
+    .expect("the impersonated list is audited");
+    assert_eq!(impersonated["user"]["username"], "skiff:admin");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -18,12 +18,15 @@
 //!     port: 6443,
 //!     limits: Default::default(),
 //!     local_node: None,
+//!     audit: None,
+//!     pod_security_default: skiff_api::podsecurity::Level::Baseline,
 //! };
 //! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
 //! # }
 //! ```
 
 pub mod apiserver;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod codec;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod node;
 pub mod patch;
 pub mod pki;
+pub mod podsecurity;
 pub mod protobuf;
 pub mod resources;
 pub mod select;

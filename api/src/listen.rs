@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The client's address, in each request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// How much a server lets its clients hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -142,7 +146,13 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut r: http::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(PeerAddr(peer));
+                r
+            },
+        ));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake = limits.header_read_timeout;

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// The node of an agent embedded in the server process: its name is claimed and its
     /// credential issued before the server accepts a connection.
     pub local_node: Option<String>,
+    /// Write an audit log here.
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// The Pod Security enforce level new namespaces are labelled with.
+    pub pod_security_default: crate::podsecurity::Level,
 }
 
 /// Failures that stop the server.
@@ -227,10 +231,21 @@ pub async fn run(
             text
         }),
     );
+    if let Some(a) = &config.audit {
+        let log = crate::audit::AuditLog::open(a.clone()).map_err(|source| {
+            ServerError::Pki(pki::PkiError::Io {
+                path: a.path.clone(),
+                source,
+            })
+        })?;
+        api.enable_audit(log);
+    }
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
     api.follow_store();
+    // After the bootstrap: the system namespaces stay unlabelled (privileged).
+    api.set_pod_security_default(config.pod_security_default);
     let local_node = match &config.local_node {
         Some(n) => {
             let (token, logs_token) = api

@@ -174,3 +174,228 @@ mod tests {
         assert_eq!(spec, before);
     }
 }
+
+/// Pod Security admission (the `PodSecurity` plugin): pods are checked against their
+/// namespace's `pod-security.kubernetes.io/` levels, enforce refusing, warn answering with
+/// a `Warning` header, audit noting it in the audit log; workload templates are warned and
+/// audited, never refused; namespaces' labels are validated, and tightening a namespace's
+/// enforce level warns about the pods already there.
+pub mod pod_security {
+    use super::super::Api;
+    use crate::error::{ApiError, ApiResult};
+    use crate::podsecurity::{self as pss, Defaults, Level, LevelVersion, Policy};
+    use crate::resources::{Resource, by_kind};
+    use serde_json::{Value, json};
+
+    fn privileged() -> LevelVersion {
+        LevelVersion {
+            level: Level::Privileged,
+            version: "latest".into(),
+        }
+    }
+
+    /// Unlabelled namespaces are privileged, as Kubernetes' default configuration; new
+    /// namespaces get the server's default level as a label when they are created.
+    fn defaults() -> Defaults {
+        Defaults {
+            enforce: privileged(),
+            audit: privileged(),
+            warn: privileged(),
+        }
+    }
+
+    fn namespace_policy(api: &Api, ns: &str) -> Policy {
+        let labels = by_kind("Namespace")
+            .and_then(|r| api.store.get(&r.key(None, ns)))
+            .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .map(|o| o["metadata"]["labels"].clone())
+            .unwrap_or(Value::Null);
+        pss::policy(&labels, &defaults())
+    }
+
+    fn would(lv: &LevelVersion, v: &[(String, String)]) -> String {
+        format!("would violate PodSecurity \"{lv}\": {}", pss::details(v))
+    }
+
+    impl Api {
+        /// Check a pod about to be written in `ns` (`old`: the stored pod of an update).
+        /// `Err` is the 403 of the enforce level; `Ok` holds the warnings.
+        pub(in crate::apiserver) fn admit_pod_security(
+            &self,
+            ns: &str,
+            pod: &Value,
+            old: Option<&Value>,
+        ) -> ApiResult<Vec<String>> {
+            if let Some(old) = old
+                && !pss::significant_update(&old["spec"], &pod["spec"])
+            {
+                return Ok(Vec::new());
+            }
+            let p = namespace_policy(self, ns);
+            let (md, spec) = (&pod["metadata"], &pod["spec"]);
+            let enforce = pss::check(&p.enforce, md, spec);
+            let audit = pss::check(&p.audit, md, spec);
+            if !audit.is_empty() {
+                crate::audit::note(
+                    "pod-security.kubernetes.io/audit-violations",
+                    &would(&p.audit, &audit),
+                );
+            }
+            crate::audit::note(
+                "pod-security.kubernetes.io/enforce-policy",
+                &p.enforce.to_string(),
+            );
+            if !enforce.is_empty() {
+                let name = md["name"].as_str().unwrap_or_default();
+                let subject = if name.is_empty() {
+                    "pods".to_string()
+                } else {
+                    format!("pods \"{name}\"")
+                };
+                let mut e = ApiError::forbidden(format!(
+                    "{subject} is forbidden: violates PodSecurity \"{}\": {}",
+                    p.enforce,
+                    pss::details(&enforce)
+                ));
+                e.details = Some(json!({"name": name, "kind": "pods"}));
+                return Err(e);
+            }
+            let warn = pss::check(&p.warn, md, spec);
+            Ok(if warn.is_empty() {
+                Vec::new()
+            } else {
+                vec![would(&p.warn, &warn)]
+            })
+        }
+
+        /// Pod Security for an object of `res` being written in `ns`: pods checked, workload
+        /// templates warned; other kinds pass. Returns the warnings.
+        pub(in crate::apiserver) fn admit_security(
+            &self,
+            res: &Resource,
+            ns: Option<&str>,
+            obj: &Value,
+            old: Option<&Value>,
+        ) -> ApiResult<Vec<String>> {
+            let ns = ns.unwrap_or("default");
+            match res.kind {
+                "Pod" => self.admit_pod_security(ns, obj, old),
+                _ if res.namespaced => Ok(self.admit_template_security(res, ns, obj)),
+                _ => Ok(Vec::new()),
+            }
+        }
+
+        /// The level new namespaces are labelled with.
+        pub fn pod_security_default(&self) -> Level {
+            self.pod_security
+                .get()
+                .copied()
+                .unwrap_or(Level::Privileged)
+        }
+
+        /// Label new namespaces with enforce level `level` (`--pod-security-default`).
+        pub fn set_pod_security_default(&self, level: Level) {
+            let _ = self.pod_security.set(level);
+        }
+
+        /// Warn and audit a workload's pod template (never refused).
+        pub(in crate::apiserver) fn admit_template_security(
+            &self,
+            res: &Resource,
+            ns: &str,
+            obj: &Value,
+        ) -> Vec<String> {
+            let Some((md, spec)) = pss::template_of(res.kind, obj) else {
+                return Vec::new();
+            };
+            let p = namespace_policy(self, ns);
+            let audit = pss::check(&p.audit, md, spec);
+            if !audit.is_empty() {
+                crate::audit::note(
+                    "pod-security.kubernetes.io/audit-violations",
+                    &would(&p.audit, &audit),
+                );
+            }
+            let warn = pss::check(&p.warn, md, spec);
+            if warn.is_empty() {
+                Vec::new()
+            } else {
+                vec![would(&p.warn, &warn)]
+            }
+        }
+
+        /// A namespace about to be written: its Pod Security labels must parse; a new one
+        /// without an enforce label gets `default` (the server's `--pod-security-default`);
+        /// an update that tightens enforce warns about the pods that would now be refused.
+        pub(in crate::apiserver) fn admit_namespace_security(
+            &self,
+            ns_obj: &mut Value,
+            old: Option<&Value>,
+            default: Level,
+        ) -> ApiResult<Vec<String>> {
+            let name = ns_obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let labels = ns_obj["metadata"]["labels"].clone();
+            let errs = pss::label_errors(&labels);
+            let old_errs = old.map(|o| pss::label_errors(&o["metadata"]["labels"]));
+            let res = by_kind("Namespace").ok_or_else(|| ApiError::internal("no namespaces"))?;
+            if !errs.is_empty() && old_errs.as_ref() != Some(&errs) {
+                return Err(ApiError::invalid(res, &name, &errs));
+            }
+            let key = format!("{}enforce", pss::LABEL_PREFIX);
+            if old.is_none() && labels[&key].is_null() && default != Level::Privileged {
+                let lv = LevelVersion {
+                    level: default,
+                    version: "latest".into(),
+                };
+                let level = lv.to_string();
+                let level = level.split(':').next().unwrap_or_default().to_string();
+                if !ns_obj["metadata"]["labels"].is_object() {
+                    ns_obj["metadata"]["labels"] = json!({});
+                }
+                ns_obj["metadata"]["labels"][&key] = json!(level);
+                return Ok(Vec::new());
+            }
+            let Some(old) = old else {
+                return Ok(Vec::new());
+            };
+            let before = pss::policy(&old["metadata"]["labels"], &defaults()).enforce;
+            let after = pss::policy(&ns_obj["metadata"]["labels"], &defaults()).enforce;
+            if !pss::enforce_tightened(&before, &after) {
+                return Ok(Vec::new());
+            }
+            let pods = by_kind("Pod").ok_or_else(|| ApiError::internal("no pods"))?;
+            let list = self
+                .store
+                .list(&pods.ns_prefix(Some(&name)), &Default::default())
+                .map_err(|e| ApiError::from_store(e, pods, ""))?;
+            let checked: Vec<(String, Vec<(String, String)>)> = list
+                .items
+                .iter()
+                .take(3000)
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .map(|p| {
+                    let v = pss::check(&after, &p["metadata"], &p["spec"]);
+                    (
+                        p["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        v,
+                    )
+                })
+                .collect();
+            let mut out = Vec::new();
+            if list.items.len() > 3000 {
+                out.push(format!(
+                    "new PodSecurity enforce level only checked against the first 3000 of {} existing pods",
+                    list.items.len()
+                ));
+            }
+            out.extend(pss::existing_pod_warnings(&name, &after, &checked));
+            Ok(out)
+        }
+    }
+}

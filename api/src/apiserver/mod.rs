@@ -58,6 +58,8 @@ pub struct Api {
     pub graph: Arc<NodeGraph>,
     /// The RBAC policy.
     pub rbac: Arc<Rbac>,
+    audit: std::sync::OnceLock<crate::audit::AuditLog>,
+    pod_security: std::sync::OnceLock<crate::podsecurity::Level>,
 }
 
 impl Api {
@@ -89,6 +91,8 @@ impl Api {
     ) -> Arc<Api> {
         Arc::new(Api {
             graph: Arc::new(NodeGraph::new(store.clone())),
+            audit: std::sync::OnceLock::new(),
+            pod_security: std::sync::OnceLock::new(),
             rbac: Arc::new(Rbac::default()),
             store,
             auth,
@@ -96,6 +100,11 @@ impl Api {
             shutdown,
             extra_metrics,
         })
+    }
+
+    /// Write an audit line for every request from now on.
+    pub fn enable_audit(&self, log: crate::audit::AuditLog) {
+        let _ = self.audit.set(log);
     }
 
     /// Keep the authorizers' caches current from the store (the node graph, RBAC) until
@@ -172,16 +181,58 @@ fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
 
 async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     let started = Instant::now();
-    let (verb, resource, resp) = dispatch(&api, req).await;
-    let resp = resp.unwrap_or_else(IntoResponse::into_response);
+    let received = jiff::Timestamp::now();
+    let mut rec = crate::audit::Record::default();
+    if api.audit.get().is_some() {
+        rec.uri = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        rec.user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        rec.source = req
+            .extensions()
+            .get::<crate::listen::PeerAddr>()
+            .map(|p| p.0.ip());
+    }
+    let ((verb, resource, resp), notes) =
+        crate::audit::collecting(dispatch(&api, req, &mut rec)).await;
+    rec.notes = notes;
+    let status = match (&resp, api.audit.get()) {
+        (Err(e), Some(_)) => Some(e.status()),
+        _ => None,
+    };
+    let mut resp = resp.unwrap_or_else(IntoResponse::into_response);
+    let code = resp.status().as_u16();
     api.metrics
-        .observe(&verb, &resource, resp.status().as_u16(), started.elapsed());
+        .observe(&verb, &resource, code, started.elapsed());
+    if let Some(log) = api.audit.get() {
+        let id = uuid::Uuid::new_v4().to_string();
+        rec.verb = verb;
+        let e = crate::audit::event(
+            &rec,
+            &id,
+            code,
+            status.as_ref(),
+            received,
+            jiff::Timestamp::now(),
+        );
+        log.write(&e);
+        if let Ok(v) = http::HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("audit-id", v);
+        }
+    }
     resp
 }
 
 type Dispatched = (String, String, Result<Response, ApiError>);
 
-async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
+async fn dispatch(api: &Arc<Api>, req: Request, rec: &mut crate::audit::Record) -> Dispatched {
     let path = req.uri().path().to_string();
     let route = request::route(&path);
     match route {
@@ -211,10 +262,14 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
     let Some(real) = api.authenticate(req.headers()) else {
         return ("".into(), "".into(), Err(ApiError::unauthorized()));
     };
+    rec.user = Some(real.clone());
     let id = match api.impersonate(real, req.headers()) {
         Ok(u) => u,
         Err(e) => return ("".into(), "".into(), Err(e)),
     };
+    if rec.user.as_ref() != Some(&id) {
+        rec.impersonated = Some(id.clone());
+    }
     let method = req.method().clone();
     if matches!(route, Route::Join) {
         return (
@@ -332,6 +387,24 @@ async fn dispatch(api: &Arc<Api>, req: Request) -> Dispatched {
                 ns,
                 t.name.as_deref().or(selected.as_deref()),
             );
+            if api.audit.get().is_some() {
+                let mut o = serde_json::Map::new();
+                o.insert("resource".into(), json!(t.res.plural));
+                for (k, v) in [
+                    ("namespace", &t.ns),
+                    ("name", &t.name),
+                    ("subresource", &t.sub),
+                ] {
+                    if let Some(v) = v {
+                        o.insert(k.into(), json!(v));
+                    }
+                }
+                if !t.res.group.is_empty() {
+                    o.insert("apiGroup".into(), json!(t.res.group));
+                }
+                o.insert("apiVersion".into(), json!(t.res.version));
+                rec.object = Some(Value::Object(o));
+            }
             let policy = api.rbac.policy(&*api.store);
             let r = match auth::authorize(&id, &attrs, &*api.graph, &policy) {
                 Ok(restriction) => {

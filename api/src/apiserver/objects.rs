@@ -288,6 +288,10 @@ impl Api {
         }
         self.namespace_ok(res, ns)?;
         self.prepare_new(res, &mut obj)?;
+        if res.kind == "Namespace" {
+            let level = self.pod_security_default();
+            warnings.extend(self.admit_namespace_security(&mut obj, None, level)?);
+        }
         let attempts = if generate { 8 } else { 1 };
         for _ in 0..attempts {
             if generate {
@@ -305,6 +309,8 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, &name, &causes));
             }
+            let mut warnings = warnings.clone();
+            warnings.extend(self.admit_security(res, ns, &obj, None)?);
             let key = res.key(ns, &name);
             if dry_run {
                 if self.store.get(&key).is_some() {
@@ -455,12 +461,20 @@ impl Api {
             } else {
                 codec::typed(res, new, fv)?
             };
-            let new = self.merge_update(res, sub, &old, new, name, ns)?;
+            let mut new = self.merge_update(res, sub, &old, new, name, ns)?;
             if new == old {
                 return Ok(Written {
                     body: kv.value,
                     warnings,
                 });
+            }
+            let mut warnings = warnings;
+            if !trusted && sub.is_none() {
+                if res.kind == "Namespace" {
+                    let level = self.pod_security_default();
+                    warnings.extend(self.admit_namespace_security(&mut new, Some(&old), level)?);
+                }
+                warnings.extend(self.admit_security(res, ns, &new, Some(&old))?);
             }
             if dry_run {
                 return Ok(Written {

@@ -402,3 +402,39 @@ impl ArtifactStore {
         }))
     }
 }
+
+/// The parsers that read what a registry or an archive hands the node, as plain
+/// functions over bytes, for the fuzz targets in `fuzz/`. Each returns whether the input
+/// was accepted; none may panic, whatever the bytes.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A manifest or index: parse it, then pick a platform or plan the layers.
+    pub fn manifest(bytes: &[u8]) -> bool {
+        match super::layout::parse_manifest(bytes) {
+            Ok(super::layout::Parsed::Index(entries)) => {
+                super::layout::choose_platform(&entries).is_ok()
+            }
+            Ok(super::layout::Parsed::Image { config, layers }) => {
+                super::layout::classify(&config, &layers).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Wasm bytes as the artifact store checks them before anything runs.
+    pub fn wasm(bytes: &[u8]) -> bool {
+        super::wasm::inspect(bytes).is_ok()
+    }
+
+    /// An image layer (tar or gzip'ed tar) as scanned for a lone `.wasm` file, in the
+    /// directory `scratch` (which must exist).
+    pub fn layer(bytes: &[u8], scratch: &std::path::Path) -> bool {
+        let blob = scratch.join("layer");
+        if std::fs::write(&blob, bytes).is_err() {
+            return false;
+        }
+        let ok = super::tarlayer::scan(&blob, &scratch.join("out.wasm")).is_ok();
+        let _ = std::fs::remove_file(scratch.join("out.wasm"));
+        ok
+    }
+}
