@@ -547,3 +547,74 @@ async fn the_audit_log_records_who_did_what_and_how_it_ended() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn a_role_labelled_aggregate_to_edit_extends_edit_and_admin() {
+    let s = Server::start_with(&["--no-scheduler"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let role = tmp.path().join("widgets.yaml");
+    std::fs::write(
+        &role,
+        "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: widgets-edit
+  labels: {rbac.authorization.k8s.io/aggregate-to-edit: \"true\"}
+rules:
+- {apiGroups: [example.com], resources: [widgets], verbs: [get, list, create]}
+",
+    )
+    .unwrap();
+    s.kubectl_ok(&["apply", "-f", role.to_str().unwrap()]);
+    let has_widgets = |name: &str| {
+        let out = s.kubectl_ok(&["get", "clusterrole", name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == serde_json::json!(["widgets"]))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(has_widgets("edit") && has_widgets("admin")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edit and admin never got the widget rules"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !has_widgets("view"),
+        "view aggregates only aggregate-to-view roles"
+    );
+    s.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "ed",
+        "--clusterrole=edit",
+        "--user=ed",
+    ]);
+    // (`can-i create widgets.example.com` would ask for a resource of that whole name:
+    // kubectl only splits out the group of kinds discovery lists.)
+    let rules = s.kubectl_ok(&["auth", "can-i", "--list", "--as=ed"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("widgets.example.com") && l.contains("[get list create]")),
+        "{rules}"
+    );
+    // Removing the label takes the rules away again.
+    s.kubectl_ok(&[
+        "label",
+        "clusterrole",
+        "widgets-edit",
+        "rbac.authorization.k8s.io/aggregate-to-edit-",
+    ]);
+    while has_widgets("edit") {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(30),
+            "edit kept the widget rules"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

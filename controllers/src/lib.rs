@@ -1,7 +1,7 @@
 //! Skiff's controllers: the ReplicaSet, Deployment, Job and DaemonSet reconcilers that
-//! turn those objects into Pods, and the ServiceAccount controller that gives every
-//! namespace its `default` ServiceAccount and the cluster CA ([`serviceaccounts`]), as
-//! ordinary API clients (in `skiff server`, or alone as
+//! turn those objects into Pods, the ServiceAccount controller that gives every namespace
+//! its `default` ServiceAccount and the cluster CA ([`serviceaccounts`]), and the
+//! ClusterRole aggregation controller ([`clusterroles`]), as ordinary API clients (in `skiff server`, or alone as
 //! `skiff controllers --kubeconfig FILE`, against any Kubernetes-compatible apiserver).
 //!
 //! Start reading at [`run::run`]: it fills one shared cache per kind ([`cache`]: one
@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 pub mod cache;
 pub mod children;
+pub mod clusterroles;
 pub mod daemonset;
 pub mod deployment;
 pub mod expectations;

@@ -342,6 +342,7 @@ pub async fn run(
     }
     tracing::info!("controller caches synced");
 
+    let client_for_roles = client.clone();
     let accounts = crate::serviceaccounts::run(
         client.clone(),
         config.root_ca.clone(),
@@ -374,9 +375,11 @@ pub async fn run(
         drive("Job", job::reconcile, ctx.clone(), jobs, job_rx),
         drive("DaemonSet", daemonset::reconcile, ctx, daemonsets, ds_rx),
     );
+    let aggregation = crate::clusterroles::run(client_for_roles, std::future::pending());
     tokio::select! {
         _ = loops => {}
         _ = accounts => {}
+        _ = aggregation => {}
         _ = &mut stop => {}
     }
     abort();
