@@ -135,16 +135,23 @@ pub async fn token_delete(kubeconfig: &Path, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `skiff node revoke NAME`: the node's credential stops working at once.
+/// `skiff node revoke NAME`: the node's credential stops working at once. What is left is
+/// a tombstone that keeps the name held (even if the Node is deleted) until the admin
+/// approves a machine taking it (`skiff node approve`).
 pub async fn node_revoke(kubeconfig: &Path, node: &str) -> anyhow::Result<()> {
     let client = skiff_api::client::from_kubeconfig(kubeconfig).await?;
-    secrets(&client)
-        .delete(
-            &credentials::node_credential_name(node),
-            &DeleteParams::default(),
-        )
+    let api = secrets(&client);
+    let name = credentials::node_credential_name(node);
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e).with_context(|| format!("revoking the credential of node {node}")),
+    }
+    let mut obj = credentials::node_credential_object(node, "");
+    obj["metadata"]["annotations"] = serde_json::json!({credentials::REVOKED_ANNOTATION: "true"});
+    api.create(&PostParams::default(), &serde_json::from_value(obj)?)
         .await
-        .with_context(|| format!("revoking the credential of node {node}"))?;
+        .with_context(|| format!("keeping node {node}'s name held"))?;
     println!(
         "node \"{node}\": credential revoked. To let a machine join under this name again: skiff node approve {node}"
     );
@@ -190,6 +197,9 @@ pub async fn kubeconfig_create(
 ) -> anyhow::Result<()> {
     if user.is_empty() || user.starts_with("system:") {
         bail!("the user name must not be empty or start with \"system:\" (reserved)");
+    }
+    if let Some(g) = groups.iter().find(|g| g.is_empty() || g.contains(',')) {
+        bail!("group {g:?}: group names must not be empty or hold commas");
     }
     let (ca, server) = cluster_of(kubeconfig)?;
     let client = skiff_api::client::from_kubeconfig(kubeconfig).await?;

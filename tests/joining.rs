@@ -42,7 +42,7 @@ async fn registered(s: &Server, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_from_skiff_token_create_joins_a_node_once_and_can_be_deleted() {
+async fn a_token_from_skiff_token_create_claims_a_name_once_and_can_be_deleted() {
     let s = Server::start_with(&[]);
     let (ok, token, err) = skiff(
         &s,

@@ -303,8 +303,41 @@ async fn a_node_credential_writes_only_its_own_objects() {
             .await,
     );
     assert_eq!(code, 403);
+    // A watch of another node's pod by name, with its own selector, shows nothing of it.
+    let watched = s
+        .http()
+        .get(s.url("/api/v1/namespaces/default/pods/theirs?watch=1&fieldSelector=spec.nodeName%3Dnode-a&timeoutSeconds=1"))
+        .bearer_auth(&creds.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watched.status(), 200);
+    let body = watched.text().await.unwrap();
+    assert!(
+        !body.contains("node-b"),
+        "another node's pod leaked through a watch: {body}"
+    );
+    // Nor whether a pod exists.
+    let (code, _) = refusal(pods.get("no-such-pod").await);
+    assert_eq!(code, 403, "a missing pod looks like a foreign one");
     // Its own Node, not another's.
     nodes.get("node-a").await.unwrap();
+    // Not the taints an admin put on it.
+    Api::<Node>::all(admin.clone())
+        .patch(
+            "node-a",
+            &pat,
+            &merge(json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}})),
+        )
+        .await
+        .unwrap();
+    let (code, msg) = refusal(
+        nodes
+            .patch("node-a", &pat, &merge(json!({"spec": {"taints": []}})))
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(msg.contains("is not allowed to modify taints"), "{msg}");
     let (code, msg) = refusal(nodes.get("node-b").await);
     assert_eq!(code, 403);
     assert!(

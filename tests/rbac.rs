@@ -618,3 +618,100 @@ rules:
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[tokio::test]
+async fn credentials_are_the_cluster_admins_and_huge_roles_are_refused() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let ed = make_user(&s, tmp.path(), "ed", &[]);
+    // Even `admin` in kube-system cannot mint or remove Skiff's credentials.
+    s.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "create",
+        "rolebinding",
+        "ed-admin",
+        "--clusterrole=admin",
+        "--user=ed",
+    ]);
+    let forged = tmp.path().join("forged.yaml");
+    std::fs::write(
+        &forged,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: mine, namespace: kube-system}\ntype: skiff.dev/user-token\nstringData: {user: mallory, groups: system:masters, token-secret-sha256: x}\n",
+    )
+    .unwrap();
+    let out = kubectl_as(&ed, &cache, &["apply", "-f", forged.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("are written and deleted by cluster admins only"),
+        "{}",
+        text(&out)
+    );
+    let out = kubectl_as(
+        &ed,
+        &cache,
+        &[
+            "-n",
+            "kube-system",
+            "create",
+            "secret",
+            "generic",
+            "skiff-user-token-abcdef",
+            "--from-literal=user=x",
+        ],
+    );
+    assert!(text(&out).contains("cluster admins only"), "{}", text(&out));
+    let out = kubectl_as(
+        &ed,
+        &cache,
+        &[
+            "-n",
+            "kube-system",
+            "delete",
+            "secret",
+            "skiff-join-token-default",
+        ],
+    );
+    assert!(text(&out).contains("cluster admins only"), "{}", text(&out));
+    // (kubectl deletes one by one: the credentials' deletes are refused, the rest go.)
+    kubectl_as(
+        &ed,
+        &cache,
+        &["-n", "kube-system", "delete", "secrets", "--all"],
+    );
+    let left = s.kubectl_ok(&["-n", "kube-system", "get", "secrets", "-o", "name"]);
+    assert!(
+        left.contains("secret/skiff-join-token-default"),
+        "deletecollection spared the credentials: {left}"
+    );
+    // Ordinary Secrets there are still the admin role's to manage.
+    let out = kubectl_as(
+        &ed,
+        &cache,
+        &[
+            "-n",
+            "kube-system",
+            "create",
+            "secret",
+            "generic",
+            "app",
+            "--from-literal=a=b",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A Role whose rules expand past what an escalation check will walk.
+    let verbs: Vec<String> = (0..400).map(|i| format!("v{i}")).collect();
+    let resources: Vec<String> = (0..400).map(|i| format!("r{i}")).collect();
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "huge", "namespace": "kube-system"},
+        "rules": [{"apiGroups": [""], "resources": resources, "verbs": verbs}],
+    });
+    let file = tmp.path().join("huge.json");
+    std::fs::write(&file, role.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let out = kubectl_as(&ed, &cache, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(text(&out).contains("too many to check"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -76,6 +76,8 @@ pub struct Record {
     pub object: Option<Value>,
     /// Annotations admission added.
     pub notes: Vec<(String, String)>,
+    /// What authorization decided (none: it did not get that far).
+    pub authorized: Option<bool>,
 }
 
 fn user_json(u: &UserInfo) -> Value {
@@ -132,13 +134,8 @@ pub fn event(
         }
     }
     let mut notes = serde_json::Map::new();
-    if r.user.is_some() {
-        let decision = if code == 403 && !r.notes.iter().any(|(k, _)| k.ends_with("enforce-policy"))
-        {
-            "forbid"
-        } else {
-            "allow"
-        };
+    if let Some(allowed) = r.authorized {
+        let decision = if allowed { "allow" } else { "forbid" };
         notes.insert("authorization.k8s.io/decision".into(), json!(decision));
     }
     for (k, v) in &r.notes {
@@ -266,6 +263,7 @@ mod tests {
             object: Some(
                 json!({"resource": "secrets", "namespace": "team", "name": "db", "apiVersion": "v1"}),
             ),
+            authorized: Some(false),
             ..Default::default()
         };
         let now = jiff::Timestamp::now();

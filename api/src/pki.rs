@@ -78,13 +78,20 @@ pub fn private_dir(dir: &Path) -> Result<(), PkiError> {
 
 /// Write a file readable only by its owner, atomically (temp file, then rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::PermissionsExt;
+    // Next to the file, named after all of it (`ca.key` and `ca.crt` must not share one).
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io(&tmp))?;
     f.write_all(contents).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
@@ -286,7 +293,7 @@ mod tests {
         assert_eq!(again.node_token, c.node_token);
         assert_eq!(again.node_key, c.node_key);
         let logs =
-            |c: &Credentials, n: &str| crate::token::node_logs_token(c.node_key.as_bytes(), n);
+            |c: &Credentials, n: &str| crate::token::node_logs_token(c.node_key.as_bytes(), n, "g");
         assert_eq!(logs(&again, "n1"), logs(&c, "n1"));
         assert_ne!(logs(&c, "n1"), logs(&c, "n2"));
     }

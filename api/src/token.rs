@@ -3,7 +3,8 @@
 //! - A join token, `skiff1.<sha256 hex of the CA PEM>.<secret>`, is what an operator
 //!   copies to a new machine (like k3s' `K10…` token): the hash lets the node check that
 //!   the server it reached holds the expected CA before trusting it, and the secret lets
-//!   the node ask for its own credential once. The secret is `<id>-<random>` for tokens
+//!   a node claim a name nobody holds and get that node's credential (one token can join
+//!   many machines until it expires or is deleted). The secret is `<id>-<random>` for tokens
 //!   made by `skiff token create` (the id names the token), and a bare random string for
 //!   the `default` token the server writes to `DATA_DIR/node-token`.
 //! - A node credential, `skiff-node.<node name>.<random>`, and a user token,
@@ -146,10 +147,12 @@ pub fn split_credential<'a>(prefix: &str, token: &'a str) -> Option<(&'a str, &'
     (!name.is_empty() && !secret.is_empty()).then_some((name, secret))
 }
 
-/// The token the apiserver presents to node `node`'s agent, under the server's `key`.
-pub fn node_logs_token(key: &[u8], node: &str) -> String {
+/// The token the apiserver presents to node `node`'s agent, under the server's `key`, for
+/// the node's credential `generation` (its Secret's uid: a rejoin or a revocation makes a
+/// new one, so a machine that lost the name also loses the token).
+pub fn node_logs_token(key: &[u8], node: &str, generation: &str) -> String {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let tag = hmac::sign(&k, format!("logs:{node}").as_bytes());
+    let tag = hmac::sign(&k, format!("logs:{node}:{generation}").as_bytes());
     format!("{LOGS_TOKEN_PREFIX}.{node}.{}", hex::encode(tag.as_ref()))
 }
 
@@ -229,10 +232,11 @@ mod tests {
 
     #[test]
     fn logs_tokens_are_hmac_sha256_of_the_node() {
-        let t = node_logs_token(b"Jefe", "n1");
+        let t = node_logs_token(b"Jefe", "n1", "g1");
         assert!(t.starts_with("skiff-logs.n1."));
-        assert_ne!(t, node_logs_token(b"Jefe", "n2"));
-        assert_ne!(t, node_logs_token(b"other", "n1"));
+        assert_ne!(t, node_logs_token(b"Jefe", "n2", "g1"));
+        assert_ne!(t, node_logs_token(b"other", "n1", "g1"));
+        assert_ne!(t, node_logs_token(b"Jefe", "n1", "g2"));
     }
 
     #[test]

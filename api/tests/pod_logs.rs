@@ -292,7 +292,7 @@ async fn next_chunk(body: &mut Body) -> String {
 #[tokio::test]
 async fn logs_come_from_the_agent_with_the_nodes_logs_token_and_kubectl_parameters() {
     let c = Cluster::new().await;
-    let mut agent = Agent::start(c.auth.node_logs_token("n1")).await;
+    let mut agent = Agent::start(c.auth.node_logs_token("n1", "")).await;
     c.node("n1", agent.addr.port(), Some(&agent.pin)).await;
     c.pod("p", Some("n1"), &["c"]).await;
 
@@ -303,7 +303,7 @@ async fn logs_come_from_the_agent_with_the_nodes_logs_token_and_kubectl_paramete
     assert_eq!(seen.path_and_query, "/containerLogs/default/p/c");
     assert_eq!(
         seen.authorization,
-        Some(format!("Bearer {}", c.auth.node_logs_token("n1")))
+        Some(format!("Bearer {}", c.auth.node_logs_token("n1", "")))
     );
 
     let (code, _, body) = c.log("p", "?container=c&tailLines=2&timestamps=true").await;
@@ -333,7 +333,7 @@ async fn logs_come_from_the_agent_with_the_nodes_logs_token_and_kubectl_paramete
 #[tokio::test]
 async fn follow_streams_lines_as_they_come_and_ends_upstream_when_the_client_leaves() {
     let c = Cluster::new().await;
-    let mut agent = Agent::start(c.auth.node_logs_token("n1")).await;
+    let mut agent = Agent::start(c.auth.node_logs_token("n1", "")).await;
     c.node("n1", agent.addr.port(), Some(&agent.pin)).await;
     c.pod("p", Some("n1"), &["c"]).await;
 
@@ -392,7 +392,7 @@ async fn follow_streams_lines_as_they_come_and_ends_upstream_when_the_client_lea
 #[tokio::test]
 async fn the_agent_is_trusted_by_its_pin_and_refusals_are_clear_statuses() {
     let c = Cluster::new().await;
-    let mut agent = Agent::start(c.auth.node_logs_token("n1")).await;
+    let mut agent = Agent::start(c.auth.node_logs_token("n1", "")).await;
     let other = node::serving_certificate(&["127.0.0.1".into()]).unwrap();
 
     // A wrong pin: the handshake fails, nothing is sent.
@@ -415,7 +415,7 @@ async fn the_agent_is_trusted_by_its_pin_and_refusals_are_clear_statuses() {
     let seen = agent.next_seen().await;
     assert_eq!(
         seen.authorization,
-        Some(format!("Bearer {}", c.auth.node_logs_token("n2")))
+        Some(format!("Bearer {}", c.auth.node_logs_token("n2", "")))
     );
 
     // Nobody listening.

@@ -59,7 +59,7 @@ async fn reconcile(role: Arc<ClusterRole>, ctx: Arc<Ctx>) -> Result<Action, Erro
         tracing::info!(clusterrole = %role.name_any(), rules = rules.len(), "aggregated cluster role rules");
     }
     // The cache this read may have been a moment behind the change that brought us here.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    Ok(Action::requeue(Duration::from_secs(5)))
 }
 
 fn on_error(_r: Arc<ClusterRole>, e: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -98,6 +98,16 @@ impl Api {
             }
             _ => return Ok(()),
         };
+        // Each rule is checked as the product of its verbs, groups, resources and names:
+        // bound the work before doing it.
+        const MAX_ATOMS: usize = 100_000;
+        if rbac::atom_count(&wanted) > MAX_ATOMS {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: its rules expand to more than {MAX_ATOMS} verb-resource pairs, too many to check against what {} holds; a cluster admin must write it",
+                res.qualified(),
+                u.describe()
+            )));
+        }
         let missing = policy.uncovered(u, scope, &wanted);
         if missing.is_empty() {
             return Ok(());

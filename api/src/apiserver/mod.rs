@@ -304,8 +304,9 @@ async fn dispatch(api: &Arc<Api>, req: Request, rec: &mut crate::audit::Record) 
     }
     if !matches!(route, Route::Resource(_) | Route::NotFound) && !id.is_joining() {
         let policy = api.rbac.policy(&*api.store);
-        if let Err(e) = auth::authorize(&id, &Attributes::path("get", &path), &*api.graph, &policy)
-        {
+        let decided = auth::authorize(&id, &Attributes::path("get", &path), &*api.graph, &policy);
+        rec.authorized = Some(decided.is_ok());
+        if let Err(e) = decided {
             return ("get".into(), "".into(), Err(e));
         }
     }
@@ -406,7 +407,9 @@ async fn dispatch(api: &Arc<Api>, req: Request, rec: &mut crate::audit::Record) 
                 rec.object = Some(Value::Object(o));
             }
             let policy = api.rbac.policy(&*api.store);
-            let r = match auth::authorize(&id, &attrs, &*api.graph, &policy) {
+            let decided = auth::authorize(&id, &attrs, &*api.graph, &policy);
+            rec.authorized = Some(decided.is_ok());
+            let r = match decided {
                 Ok(restriction) => {
                     resource(api, &id, restriction, t.clone(), q, &verb, &accept, req).await
                 }
@@ -579,12 +582,28 @@ async fn resource(
             // Old-style watch of one object.
             let output = request::negotiate(Some(accept), &q)?;
             let mut sel = Selectors::parse(res, &q)?;
-            sel.fields = FieldSelector::parse(res.kind, &format!("metadata.name={name}"))?;
+            // The name narrows the client's field selector; it never replaces it (a node's
+            // `spec.nodeName` requirement must still hold).
+            let asked = q.get("fieldSelector").unwrap_or("").trim();
+            let fields = if asked.is_empty() {
+                format!("metadata.name={name}")
+            } else {
+                format!("{asked},metadata.name={name}")
+            };
+            sel.fields = FieldSelector::parse(res.kind, &fields)?;
             watch::serve(api.clone(), res, res.ns_prefix(ns), &q, output, sel).await
         }
         ("get", Some(name), None | Some("status")) => {
             let output = request::negotiate(Some(accept), &q)?;
-            let kv = api.get_kv(res, ns, name)?;
+            let kv = match api.get_kv(res, ns, name) {
+                // A node learns nothing of pods that are not its own, not even whether
+                // they exist.
+                Err(e) if e.code == 404 && restriction != Restriction::None => {
+                    restriction.check_stored(id, &attrs, &Value::Null)?;
+                    return Err(e);
+                }
+                r => r?,
+            };
             if restriction != Restriction::None {
                 restriction.check_stored(id, &attrs, &parse(&kv)?)?;
             }
@@ -614,6 +633,11 @@ async fn resource(
             let obj = codec::decode(&ct, &body)?;
             restriction.check_created(id, &attrs, &obj)?;
             api.check_escalation(id, res, ns, &obj)?;
+            let named = obj["metadata"]["name"]
+                .as_str()
+                .or(obj["metadata"]["generateName"].as_str())
+                .unwrap_or_default();
+            guard_credentials(id, res, ns, named, Some(&obj))?;
             let w = api.create(res, ns, obj, fv, dry).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, w.body),
@@ -626,6 +650,7 @@ async fn resource(
             bind(api, res, ns, name, &b).await
         }
         ("update", Some(name), sub @ (None | Some("status") | Some("finalize"))) => {
+            guard_credentials(id, res, ns, name, None)?;
             let dry = q.dry_run()?;
             let (ct, body) = read_body(req).await?;
             let new = codec::decode(&ct, &body)?;
@@ -660,6 +685,7 @@ async fn resource(
             ))
         }
         ("patch", Some(name), sub @ (None | Some("status"))) => {
+            guard_credentials(id, res, ns, name, None)?;
             let dry = q.dry_run()?;
             let (ct, body) = read_body(req).await?;
             let kind = PatchKind::from_content_type(&ct)?;
@@ -726,6 +752,7 @@ async fn resource(
             Ok(value_response(StatusCode::OK, &scale_of(&obj)))
         }
         ("delete", Some(name), None) => {
+            guard_credentials(id, res, ns, name, None)?;
             let (ct, body) = read_body(req).await?;
             let mut opts = delete_options(&q, &ct, &body)?;
             if restriction != Restriction::None {
@@ -750,6 +777,11 @@ async fn resource(
             let mut deleted = Vec::new();
             for kv in items.items {
                 let obj = parse(&kv)?;
+                let oname = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let ons = obj["metadata"]["namespace"].as_str();
+                if guard_credentials(id, res, ons, oname, Some(&obj)).is_err() {
+                    continue;
+                }
                 if !sel.matches(&obj) {
                     continue;
                 }
@@ -775,6 +807,33 @@ async fn resource(
             sub.map(|s| format!("/{s}")).unwrap_or_default()
         ))),
     }
+}
+
+/// Skiff's stored credentials (join tokens, node credentials, user tokens: Secrets
+/// `kube-system/skiff-*` of type `skiff.dev/*`) mint identities: only cluster admins
+/// write or delete them, whatever RBAC grants on Secrets in `kube-system` (Kubernetes
+/// keeps its bootstrap tokens as Secrets too, but they only ever make bootstrappers).
+fn guard_credentials(
+    id: &UserInfo,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    obj: Option<&Value>,
+) -> ApiResult<()> {
+    if res.kind != "Secret" || ns != Some(auth::credentials::NAMESPACE) || id.is_master() {
+        return Ok(());
+    }
+    let typed = obj.is_some_and(|o| {
+        o["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("skiff.dev/"))
+    });
+    if typed || name.starts_with("skiff-") {
+        return Err(ApiError::forbidden(format!(
+            "secrets \"{name}\" is forbidden: Skiff's credentials (kube-system/skiff-* Secrets of type skiff.dev/*) are written and deleted by cluster admins only"
+        )));
+    }
+    Ok(())
 }
 
 fn delete_options(q: &Query, ct: &str, body: &[u8]) -> ApiResult<DeleteOptions> {

@@ -172,7 +172,11 @@ pub(super) async fn logs(
     let req = http::Request::get(path)
         .header(
             header::AUTHORIZATION,
-            format!("Bearer {}", api.auth.node_logs_token(node)),
+            format!(
+                "Bearer {}",
+                api.auth
+                    .node_logs_token(node, &api.node_credential_generation(node))
+            ),
         )
         .body(Full::new(Bytes::new()))
         .map_err(ApiError::internal)?;

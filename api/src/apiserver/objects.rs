@@ -557,8 +557,12 @@ impl Api {
                 // Status writes change status (and labels/annotations), never the spec.
                 let mut merged = old.clone();
                 merged["status"] = new["status"].take();
-                for k in ["labels", "annotations"] {
-                    merged["metadata"][k] = new["metadata"][k].take();
+                // A namespace's labels carry its Pod Security levels: those change only
+                // through the namespace itself, where admission sees them.
+                if res.kind != "Namespace" {
+                    for k in ["labels", "annotations"] {
+                        merged["metadata"][k] = new["metadata"][k].take();
+                    }
                 }
                 new = merged;
             }

@@ -43,6 +43,9 @@ impl Api {
         if u.is_master() {
             return (true, String::new());
         }
+        if u.is_joining() {
+            return (false, auth::join_first_message(u));
+        }
         let policy = self.rbac.policy(&*self.store);
         if let Some(n) = u.node_name() {
             match auth::node::authorize(n, a, &*self.graph) {

@@ -185,28 +185,47 @@ impl Api {
         })
     }
 
-    /// A new credential for node `node` (replacing any it had): what a join hands out,
-    /// and what the server gives its own embedded agent. Returns the credential and the
-    /// token the apiserver presents to that node's agent.
+    /// The generation of node `node`'s credential: its Secret's uid (empty without one).
+    pub fn node_credential_generation(&self, node: &str) -> String {
+        credentials::read(&*self.store, &credentials::node_credential_name(node))
+            .and_then(|(_, s)| s["metadata"]["uid"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// A new credential for node `node` (replacing any it had): what the server gives its
+    /// own embedded agent. Returns the credential and the token the apiserver presents to
+    /// that node's agent.
     pub async fn issue_node_credential(
         self: &Arc<Self>,
         node: &str,
+    ) -> ApiResult<(String, String)> {
+        let seen = credentials::read(&*self.store, &credentials::node_credential_name(node))
+            .map(|(rev, _)| rev);
+        self.issue_node_credential_over(node, seen).await
+    }
+
+    /// Same, replacing exactly the credential at store revision `seen` (`None`: there
+    /// must be none), so two joins racing for one name cannot both win.
+    async fn issue_node_credential_over(
+        self: &Arc<Self>,
+        node: &str,
+        seen: Option<u64>,
     ) -> ApiResult<(String, String)> {
         let (tok, hash) = token::new_credential(token::NODE_CREDENTIAL_PREFIX, node);
         let obj = credentials::node_credential_object(node, &hash);
         let secrets = by_kind("Secret").ok_or_else(|| ApiError::internal("no secrets"))?;
         let name = credentials::node_credential_name(node);
         let key = secrets.key(Some(credentials::NAMESPACE), &name);
-        let (obj, _) = crate::codec::typed(secrets, obj, crate::codec::FieldValidation::Ignore)?;
-        let mut obj = obj;
-        let existing = self.store.get(&key);
-        obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        let (mut obj, _) =
+            crate::codec::typed(secrets, obj, crate::codec::FieldValidation::Ignore)?;
+        let generation = uuid::Uuid::new_v4().to_string();
+        obj["metadata"]["uid"] = json!(generation);
         obj["metadata"]["creationTimestamp"] = json!(super::now());
         let op = Op::Put {
             key,
             value: super::objects::encoder(obj),
-            precondition: match &existing {
-                Some(kv) => Precondition::ModRevision(kv.mod_revision),
+            precondition: match seen {
+                Some(rev) => Precondition::ModRevision(rev),
                 None => Precondition::Absent,
             },
         };
@@ -214,7 +233,7 @@ impl Api {
             .txn(vec![op])
             .await
             .map_err(|e| ApiError::from_store(e, secrets, &name))?;
-        Ok((tok, self.auth.node_logs_token(node)))
+        Ok((tok, self.auth.node_logs_token(node, &generation)))
     }
 
     /// `POST /skiff/v1/join` `{"nodeName": N}` by `caller`: node `N`'s credential. A join
@@ -245,7 +264,8 @@ impl Api {
                 "node name \"{node}\" is too long to hold a credential (at most 242 characters)"
             )));
         }
-        let (tok, logs) = self.issue_node_credential(node).await?;
+        let seen = held_by_credential.as_ref().map(|(rev, _)| *rev);
+        let (tok, logs) = self.issue_node_credential_over(node, seen).await?;
         tracing::info!(node, by = %caller.name, rejoin = held, "node credential issued");
         Ok(json!({"token": tok, "logsToken": logs}))
     }

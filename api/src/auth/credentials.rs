@@ -29,6 +29,9 @@ pub const NODE_CREDENTIAL_TYPE: &str = "skiff.dev/node-credential";
 pub const USER_TOKEN_TYPE: &str = "skiff.dev/user-token";
 /// On a node credential's Secret: the next join for this name may take it over.
 pub const APPROVED_ANNOTATION: &str = "skiff.dev/approved-rejoin";
+/// On a node credential's Secret: revoked; it authenticates nobody and keeps the name
+/// held.
+pub const REVOKED_ANNOTATION: &str = "skiff.dev/revoked";
 
 /// The Secret of join token `id`.
 pub fn join_token_name(id: &str) -> String {

@@ -169,10 +169,11 @@ impl Auth {
         self.signer.as_deref()
     }
 
-    /// The token the apiserver presents to node `node_name`'s agent (for `pods/log`); the
+    /// The token the apiserver presents to node `node_name`'s agent (for `pods/log`), for
+    /// its credential `generation` (the credential Secret's uid, empty without one); the
     /// agent learns it when it joins.
-    pub fn node_logs_token(&self, node_name: &str) -> String {
-        token::node_logs_token(&self.node_key, node_name)
+    pub fn node_logs_token(&self, node_name: &str, generation: &str) -> String {
+        token::node_logs_token(&self.node_key, node_name, generation)
     }
 
     /// The secret of the `default` join token (the one in `DATA_DIR/node-token`).
@@ -370,7 +371,10 @@ impl Restriction {
         new: &serde_json::Value,
     ) -> Result<(), ApiError> {
         match self {
-            Restriction::NodeLabels(node) => node::check_node_labels(node, Some(old), new),
+            Restriction::NodeLabels(node) => {
+                node::check_node_labels(node, Some(old), new)?;
+                node::check_node_taints(node, old, new)
+            }
             _ => Ok(()),
         }
     }

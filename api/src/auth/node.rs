@@ -439,6 +439,29 @@ pub fn check_node_labels(node: &str, old: Option<&Value>, new: &Value) -> Result
     )))
 }
 
+/// NodeRestriction: a node may not change its own taints (the admin's way of keeping
+/// pods off it), nor set a new `configSource`.
+pub fn check_node_taints(node: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let taints = |v: &Value| {
+        v["spec"]["taints"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .cloned()
+    };
+    if taints(old) != taints(new) {
+        return Err(ApiError::forbidden(format!(
+            "nodes \"{node}\" is forbidden: node \"{node}\" is not allowed to modify taints"
+        )));
+    }
+    let source = &new["spec"]["configSource"];
+    if old["spec"]["configSource"] != *source && !source.is_null() {
+        return Err(ApiError::forbidden(format!(
+            "nodes \"{node}\" is forbidden: node \"{node}\" is not allowed to update configSource to a new non-nil configSource"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -563,6 +586,17 @@ mod tests {
         assert_eq!(
             e.message,
             "nodes \"n1\" is forbidden: is not allowed to modify labels: node-restriction.kubernetes.io/pool"
+        );
+        let tainted = json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}});
+        let e = check_node_taints("n1", &tainted, &json!({"spec": {"taints": []}})).unwrap_err();
+        assert!(
+            e.message.ends_with("is not allowed to modify taints"),
+            "{}",
+            e.message
+        );
+        assert!(check_node_taints("n1", &tainted, &tainted).is_ok());
+        assert!(
+            check_node_taints("n1", &json!({"spec": {}}), &json!({"spec": {"taints": []}})).is_ok()
         );
     }
 }

@@ -309,10 +309,32 @@ impl Policy {
         for atom in wanted.iter().flat_map(atoms) {
             if !owner.iter().any(|o| covers(o, &atom)) && !missing.contains(&atom) {
                 missing.push(atom);
+                // Enough to refuse, and to say why; no need to list every missing one.
+                if missing.len() >= MAX_LISTED_MISSING {
+                    break;
+                }
             }
         }
         missing
     }
+}
+
+/// How many missing rules an escalation refusal lists.
+const MAX_LISTED_MISSING: usize = 32;
+
+/// The single-verb, single-resource rules `rules` break into (saturating): the work an
+/// escalation check does, to be bounded before it starts.
+pub fn atom_count(rules: &[PolicyRule]) -> usize {
+    rules.iter().fold(0usize, |total, r| {
+        let names = r.resource_names.len().max(1);
+        let resourceful = r
+            .api_groups
+            .len()
+            .saturating_mul(r.resources.len())
+            .saturating_mul(names);
+        let per_verb = resourceful.saturating_add(r.non_resource_urls.len());
+        total.saturating_add(r.verbs.len().saturating_mul(per_verb))
+    })
 }
 
 /// A rule broken into single-verb, single-resource (and single-name) rules.
@@ -442,6 +464,8 @@ pub fn aggregate(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
 pub struct Rbac {
     current: RwLock<Arc<Policy>>,
     dirty: AtomicBool,
+    /// One rebuild at a time: a slow rebuild must not publish after a newer one.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 impl Default for Rbac {
@@ -449,6 +473,7 @@ impl Default for Rbac {
         Rbac {
             current: RwLock::new(Arc::new(Policy::default())),
             dirty: AtomicBool::new(true),
+            rebuilding: std::sync::Mutex::new(()),
         }
     }
 }
@@ -461,8 +486,17 @@ impl Rbac {
 
     /// The policy as the store holds it now.
     pub fn policy(&self, store: &dyn Store) -> Arc<Policy> {
-        // Clear first: a write landing while the store is read marks it again.
-        if self.dirty.swap(false, Ordering::SeqCst) {
+        if self.dirty.load(Ordering::SeqCst) {
+            let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+            // Clear first: a write landing while the store is read marks it again. Under
+            // the lock, so rebuilds publish in the order they read the store.
+            if !self.dirty.swap(false, Ordering::SeqCst) {
+                return self
+                    .current
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+            }
             let mut objects = Vec::new();
             for plural in [
                 "clusterroles",

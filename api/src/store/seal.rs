@@ -240,8 +240,8 @@ impl Sealer {
 
 fn write_key_file(path: &Path, lines: &[String]) -> Result<(), SealError> {
     let text = format!(
-        "# Skiff's keys for Secrets at rest: the first encrypts, all decrypt. Keep a copy\n\
-         # with the store's backups; without it the Secrets in them cannot be read.\n{}\n",
+        "# Skiff's keys for Secrets at rest: the first encrypts, all decrypt. Back it up\n\
+         # apart from the store (not beside it): without it the Secrets cannot be read.\n{}\n",
         lines.join("\n")
     );
     crate::pki::write_private(path, text.as_bytes()).map_err(|e| SealError::Io {
