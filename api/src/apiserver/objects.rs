@@ -162,9 +162,14 @@ pub struct Written {
 impl Api {
     /// Bookkeeping after a write of a `res` object: the RBAC policy is rebuilt when an
     /// RBAC object changed, so the next request is judged by it.
-    fn written(&self, res: &Resource) {
+    /// Also the node graph learns of a pod written (`obj`, none for a delete) at store
+    /// revision `revision`, before the caller hears back.
+    fn written(&self, res: &Resource, key: &str, obj: Option<&Value>, revision: u64) {
         if res.group == crate::auth::rbac::GROUP {
             self.rbac.invalidate();
+        }
+        if res.kind == "Pod" {
+            self.graph.update(&Arc::from(key), obj, revision);
         }
     }
 
@@ -322,13 +327,13 @@ impl Api {
                 });
             }
             let op = Op::Put {
-                key,
+                key: key.clone(),
                 value: encoder(obj.clone()),
                 precondition: Precondition::Absent,
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    self.written(res);
+                    self.written(res, &key, Some(&obj), r.revision);
                     let body = r.into_first_value();
                     return Ok(Written { body, warnings });
                 }
@@ -494,19 +499,19 @@ impl Api {
             let key = res.key(ns, name);
             let op = if finished {
                 Op::Delete {
-                    key,
+                    key: key.clone(),
                     precondition: Precondition::ModRevision(kv.mod_revision),
                 }
             } else {
                 Op::Put {
-                    key,
+                    key: key.clone(),
                     value: encoder(new.clone()),
                     precondition: Precondition::ModRevision(kv.mod_revision),
                 }
             };
             match self.store.txn(vec![op]).await {
                 Ok(r) => {
-                    self.written(res);
+                    self.written(res, &key, (!finished).then_some(&new), r.revision);
                     let body = r.into_first_value();
                     if finished {
                         self.after_delete(res, ns, &new, None);
@@ -712,8 +717,8 @@ impl Api {
                 precondition: Precondition::ModRevision(kv.mod_revision),
             };
             match self.store.txn(vec![op]).await {
-                Ok(_) => {
-                    self.written(res);
+                Ok(r) => {
+                    self.written(res, &kv.key, None, r.revision);
                     self.after_delete(res, ns, &obj, opts.propagation.as_deref());
                     return Ok(kv.value);
                 }

@@ -3,9 +3,10 @@
 //! A node reads its own Node and Lease, the pods bound to it (listing and watching only
 //! with `fieldSelector=spec.nodeName=<itself>`), RuntimeClasses, and the Secrets,
 //! ConfigMaps, PersistentVolumeClaims and ServiceAccounts that those pods reference;
-//! nothing else. What a pod references is kept in a [`NodeGraph`] fed from the store's
-//! watch of pods; a miss falls back to looking through the namespace's pods, so a pod
-//! bound a moment ago is never refused for the graph being behind.
+//! nothing else. What a pod references is kept in a [`NodeGraph`]: the apiserver updates
+//! it as it writes pods (so a pod bound a moment ago is never refused for the graph being
+//! behind), and a watch of the store's pods keeps it right for writes made elsewhere.
+//! Until that watch has listed every pod once, a miss looks through the namespace's pods.
 //!
 //! It writes what a kubelet writes: its own Node (with only the labels a kubelet may set)
 //! and Lease, events, the status and deletion of its own pods, and tokens for the
@@ -124,6 +125,9 @@ struct GraphInner {
     pods: HashMap<Arc<str>, PodEntry>,
     /// (kind, namespace, name, node) → how many pods make that edge.
     edges: HashMap<Edge, u32>,
+    /// Pod store key → the store revision last applied, so an older event arriving late
+    /// (the watch, after the write path) changes nothing.
+    revisions: HashMap<Arc<str>, u64>,
 }
 
 impl GraphInner {
@@ -147,6 +151,8 @@ impl GraphInner {
 pub struct NodeGraph {
     inner: RwLock<GraphInner>,
     store: RwLock<Option<Arc<dyn Store>>>,
+    /// Whether every stored pod has been applied once (a miss is then an answer).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 impl NodeGraph {
@@ -155,12 +161,18 @@ impl NodeGraph {
         NodeGraph {
             inner: RwLock::default(),
             store: RwLock::new(Some(store)),
+            synced: Default::default(),
         }
     }
 
-    /// Record the pod stored at `key` (`None`: deleted).
-    pub fn update(&self, key: &Arc<str>, pod: Option<&Value>) {
+    /// Record the pod stored at `key` as of store revision `revision` (`None`: deleted).
+    /// Older than what was applied for that key: ignored.
+    pub fn update(&self, key: &Arc<str>, pod: Option<&Value>, revision: u64) {
         let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if g.revisions.get(key).is_some_and(|r| *r > revision) {
+            return;
+        }
+        g.revisions.insert(key.clone(), revision);
         g.remove(key);
         let Some(pod) = pod else { return };
         let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
@@ -188,13 +200,17 @@ impl NodeGraph {
             let Ok(list) = store.list(PODS, &Default::default()) else {
                 return;
             };
+            self.synced
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             {
                 let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
                 *g = GraphInner::default();
             }
             for kv in &list.items {
-                self.update(&kv.key, serde_json::from_slice(&kv.value).ok().as_ref());
+                let pod = serde_json::from_slice(&kv.value).ok();
+                self.update(&kv.key, pod.as_ref(), kv.mod_revision);
             }
+            self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
             let Ok(mut w) = store.watch(PODS, list.revision) else {
                 return;
             };
@@ -207,13 +223,23 @@ impl NodeGraph {
                                 crate::store::EventKind::Put => serde_json::from_slice(&e.kv.value).ok(),
                                 crate::store::EventKind::Delete => None,
                             };
-                            self.update(&e.kv.key, pod.as_ref());
+                            self.update(&e.kv.key, pod.as_ref(), e.revision);
+                            self.forget_if_gone(&e.kv.key, e.revision);
                         }
                         // Fell behind or the history is gone: list again.
                         Err(_) => break,
                     },
                 }
             }
+        }
+    }
+
+    /// A deleted pod's revision is needed only until the watch has passed its delete:
+    /// nothing older can arrive after that.
+    fn forget_if_gone(&self, key: &Arc<str>, revision: u64) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if !g.pods.contains_key(key) && g.revisions.get(key).is_some_and(|r| *r <= revision) {
+            g.revisions.remove(key);
         }
     }
 
@@ -243,7 +269,8 @@ impl Graph for NodeGraph {
             g.edges
                 .contains_key(&(kind, ns.to_string(), name.to_string(), node.to_string()))
         };
-        hit || self.scan(node, kind, ns, name)
+        hit || (!self.synced.load(std::sync::atomic::Ordering::SeqCst)
+            && self.scan(node, kind, ns, name))
     }
 }
 
@@ -521,24 +548,31 @@ mod tests {
                 "volumes": [{"name": "s", "secret": {"secretName": "db"}}]}})
         };
         assert!(!g.reaches("a", RefKind::Secret, "ns", "db"));
-        g.update(&key, Some(&json!({"metadata": {"namespace": "ns"}, "spec": {"volumes": [{"name": "s", "secret": {"secretName": "db"}}]}})));
+        g.update(&key, Some(&json!({"metadata": {"namespace": "ns"}, "spec": {"volumes": [{"name": "s", "secret": {"secretName": "db"}}]}})), 1);
         assert!(
             !g.reaches("a", RefKind::Secret, "ns", "db"),
             "unbound pods reach no node"
         );
-        g.update(&key, Some(&pod("a")));
+        g.update(&key, Some(&pod("a")), 2);
         assert!(g.reaches("a", RefKind::Secret, "ns", "db"));
         assert!(!g.reaches("b", RefKind::Secret, "ns", "db"));
         assert!(!g.reaches("a", RefKind::Secret, "other", "db"));
         assert!(!g.reaches("a", RefKind::ConfigMap, "ns", "db"));
         let twin: Arc<str> = Arc::from("core/pods/ns/q");
-        g.update(&twin, Some(&pod("a")));
-        g.update(&key, None);
+        g.update(&twin, Some(&pod("a")), 3);
+        // The watch delivering the unbound pod late changes nothing.
+        g.update(
+            &key,
+            Some(&json!({"metadata": {"namespace": "ns"}, "spec": {}})),
+            1,
+        );
+        assert!(g.reaches("a", RefKind::Secret, "ns", "db"));
+        g.update(&key, None, 4);
         assert!(
             g.reaches("a", RefKind::Secret, "ns", "db"),
             "the twin still holds the edge"
         );
-        g.update(&twin, None);
+        g.update(&twin, None, 5);
         assert!(!g.reaches("a", RefKind::Secret, "ns", "db"));
     }
 
