@@ -136,6 +136,7 @@ spec:
         events.contains("resolves outside of its volume"),
         "{events}"
     );
+    let _ = std::fs::remove_file(marker);
 }
 
 #[tokio::test]

@@ -66,19 +66,8 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ctx.ca_pem.as_deref(),
     );
     let pp = PostParams::default();
-    if need_sa {
-        let sa: ServiceAccount = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"},
-        }))
-        .unwrap_or_default();
-        match sas.create(&pp, &sa).await {
-            Ok(_) => tracing::info!(namespace = %name, "created ServiceAccount default"),
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            // A namespace going away refuses new content.
-            Err(kube::Error::Api(s)) if s.code == 403 => return Ok(Action::await_change()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // The CA first: once `default` exists, pods are admitted with a volume that reads
+    // this ConfigMap, and it must be there when their node looks.
     if let Some(ca) = write_ca {
         let body = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
@@ -96,6 +85,19 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         match result {
             Ok(()) => {}
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 403 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if need_sa {
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"},
+        }))
+        .unwrap_or_default();
+        match sas.create(&pp, &sa).await {
+            Ok(_) => tracing::info!(namespace = %name, "created ServiceAccount default"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // A namespace going away refuses new content.
+            Err(kube::Error::Api(s)) if s.code == 403 => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod env;
 pub mod logs;
+pub mod objects;
 pub mod status;
 pub mod volumes;
 
@@ -13,10 +14,12 @@ use crate::artifacts::{
 };
 use crate::sandbox::{PodLimits, Sandbox, Sandboxes};
 use env::{ConfigError, NodeFacts, Objects};
-use k8s_openapi::api::core::v1::{ConfigMap, Container as K8sContainer, Pod, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Api;
 use logs::LogRegistry;
+pub use objects::ApiObjects;
+use objects::token_seconds;
 use skiff_api::events::{ObjectRef, Recorder};
 use skiff_shims::{
     Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent,
@@ -127,69 +130,6 @@ impl Slot {
             reason: reason.into(),
             message: message.into(),
         };
-    }
-}
-
-/// The lifetime a projected volume asks its ServiceAccount token for, if it has one.
-fn token_seconds(v: &k8s_openapi::api::core::v1::Volume) -> Option<i64> {
-    v.projected
-        .as_ref()?
-        .sources
-        .iter()
-        .flatten()
-        .find_map(|s| s.service_account_token.as_ref())
-        .map(|t| t.expiration_seconds.unwrap_or(3607))
-}
-
-/// The API as the source of ConfigMaps, Secrets and ServiceAccount tokens.
-pub struct ApiObjects(pub kube::Client);
-
-impl Objects for ApiObjects {
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
-        Api::<ConfigMap>::namespaced(self.0.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("reading configmap {ns}/{name}: {e}"))
-    }
-
-    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
-        Api::<Secret>::namespaced(self.0.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("reading secret {ns}/{name}: {e}"))
-    }
-
-    async fn service_account_token(
-        &self,
-        ns: &str,
-        name: &str,
-        pod: (&str, &str),
-        audience: Option<&str>,
-        seconds: i64,
-    ) -> Result<(String, jiff::Timestamp), String> {
-        let req = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {
-                "audiences": audience.map(|a| vec![a]),
-                "expirationSeconds": seconds,
-                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.0, "uid": pod.1},
-            },
-        });
-        let out: serde_json::Value =
-            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(self.0.clone(), ns)
-                .create_subresource("token", name, &kube::api::PostParams::default(), &req)
-                .await
-                .map_err(|e| format!("requesting a token: {e}"))?;
-        let token = out["status"]["token"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or("the TokenRequest answer has no token")?
-            .to_string();
-        let expires = out["status"]["expirationTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .ok_or("the TokenRequest answer has no expirationTimestamp")?;
-        Ok((token, expires))
     }
 }
 
