@@ -572,3 +572,78 @@ async fn an_agent_started_before_the_server_waits_and_joins() {
     .unwrap();
     assert!(agent.alive());
 }
+
+/// The node's Wasm host killed with SIGKILL under load: the agent starts a new host,
+/// each pod's containers restart by the pod's restart policy (the termination recorded
+/// with why), and the service answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_wasm_host_is_replaced_and_its_pods_restart_by_policy() {
+    let reg = Registry::start();
+    let image = reg.push(&guest("hello-http-c.wasm"), "skiff/hello-http:c");
+    let s = Server::start_node("edge-h", &[]);
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let port = free_port();
+    apply(&s, &hello_pod("always", &image, port));
+    let never_port = free_port();
+    apply(
+        &s,
+        &hello_pod("once", &image, never_port)
+            .replace("restartPolicy: Always", "restartPolicy: Never"),
+    );
+    wait_for(&pods, "always", "Running", running).await;
+    wait_for(&pods, "once", "Running", running).await;
+    assert_eq!(http_get(port, "/").await.unwrap().0, 200);
+
+    let old = s.wasm_host_pid().expect("the Wasm host's pid file");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let at = std::time::Instant::now();
+    // The service answers again: poll until it does (each try fails fast while the
+    // port is closed), and report how long it took.
+    let back = loop {
+        if let Ok((200, body)) = http_get(port, "/").await {
+            assert_eq!(body, "hello from skiff\n");
+            break at.elapsed();
+        }
+        assert!(
+            at.elapsed() < WAIT,
+            "the service did not come back within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("service back {back:?} after the Wasm host was killed");
+    assert!(back < Duration::from_secs(5), "took {back:?}");
+    let new = s.wasm_host_pid().unwrap();
+    assert_ne!(new, old, "a new Wasm host runs");
+
+    const WHY: &str = "the node's Wasm host stopped unexpectedly";
+    let restarted = wait_for(&pods, "always", "restarted once and Running", |p| {
+        running(p) && status(Some(p)).is_some_and(|c| c.restart_count == 1)
+    })
+    .await;
+    let last = status(Some(&restarted))
+        .unwrap()
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    assert!(last.message.unwrap_or_default().contains(WHY));
+
+    // restartPolicy Never: the container stays terminated, with the same reason.
+    let once = wait_for(&pods, "once", "Failed", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
+    let (reason, message, code) = terminated(&once).unwrap();
+    assert_eq!(reason, "Error");
+    assert!(message.contains(WHY), "{message}");
+    assert_ne!(code, 0);
+    assert!(
+        http_get(never_port, "/").await.is_err(),
+        "a Never pod is not restarted"
+    );
+}

@@ -126,7 +126,7 @@ struct NodeKeeper {
     spec: NodeSpec,
     data_dir: PathBuf,
     artifacts: ArtifactStore,
-    host: skiff_shims::host::Client,
+    host: Arc<wasmhost::WasmHost>,
     last: Option<serde_json::Value>,
     last_write: Option<std::time::Instant>,
 }
@@ -276,7 +276,7 @@ pub async fn start(
         exe: cfg.exe.clone(),
         keep_resident_mib: cfg.wasm_keep_resident_mib,
     };
-    let host = wasmhost::connect_or_spawn(&paths).await?;
+    let host = Arc::new(wasmhost::WasmHost::start(paths.clone()).await?);
     let artifacts = ArtifactStore::open_with(
         dir.join("artifacts"),
         StoreOptions {
@@ -333,7 +333,7 @@ pub async fn start(
     tracing::info!(node = %cfg.node_name, logs = %logs_addr, "node registered");
 
     // Subscribe before listing, so no exit falls between the two.
-    let exits = host.subscribe();
+    let exits = host.client().subscribe();
     let running = host.list().await.unwrap_or_default();
     let adopted: HashMap<String, skiff_shims::ContainerInfo> =
         running.into_iter().map(|c| (c.id.clone(), c)).collect();
@@ -387,6 +387,7 @@ async fn pods_loop(
     mut exits: tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>,
 ) {
     use kube::runtime::WatchStreamExt;
+    let mut host = ctx.host.client();
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let mut stream = std::pin::pin!(watcher(pods, cfg).default_backoff());
@@ -438,13 +439,58 @@ async fn pods_loop(
                         }
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    tracing::error!("the Wasm host went away");
-                    return;
-                }
+                // The connection is gone; the arm below reconnects.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => host.closed().await,
             },
+            () = host.closed() => {
+                (host, exits) = reattach(&ctx).await;
+                let alive = Arc::new(running_ids(&host).await);
+                for h in workers.values() {
+                    let _ = h.msgs.send(Msg::HostReplaced { alive: alive.clone() });
+                }
+            }
         }
     }
+}
+
+/// The connection to the Wasm host broke (the host died, or was killed): reach the host
+/// again, starting a new one if none runs, until that works. Returns the new connection
+/// and its exits, subscribed before anything is asked of it.
+async fn reattach(
+    ctx: &Ctx,
+) -> (
+    skiff_shims::host::Client,
+    tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>,
+) {
+    tracing::error!(
+        "lost the Wasm host; starting a new one (its containers restart by their pods' restart policy)"
+    );
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ctx.host.replace().await {
+            Ok(client) => {
+                tracing::info!("Wasm host is back");
+                let exits = client.subscribe();
+                return (client, exits);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay, "could not start the Wasm host");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The ids of the containers `host` has running.
+async fn running_ids(host: &skiff_shims::host::Client) -> HashSet<String> {
+    host.list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| matches!(c.state, skiff_shims::ContainerState::Running { .. }))
+        .map(|c| c.id)
+        .collect()
 }
 
 fn route_exit(workers: &HashMap<String, Handle>, ev: skiff_shims::ExitEvent) {

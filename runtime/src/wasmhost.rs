@@ -53,6 +53,77 @@ impl HostPaths {
     }
 }
 
+/// The node's Wasm host as the agent holds it: the connection to the host that runs, and
+/// a new host (and connection) when that one dies ([`WasmHost::replace`]). Workers see
+/// one [`Executor`](skiff_shims::Executor) whatever happened underneath.
+pub struct WasmHost {
+    paths: HostPaths,
+    client: std::sync::RwLock<Client>,
+}
+
+impl WasmHost {
+    /// Re-attach to the host that runs, or start one.
+    pub async fn start(paths: HostPaths) -> Result<WasmHost, HostError> {
+        let client = connect_or_spawn(&paths).await?;
+        Ok(WasmHost {
+            paths,
+            client: std::sync::RwLock::new(client),
+        })
+    }
+
+    /// The current connection.
+    pub fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The old host is gone: start a new one and use it from now on.
+    pub async fn replace(&self) -> Result<Client, HostError> {
+        let client = connect_or_spawn(&self.paths).await?;
+        *self
+            .client
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client.clone();
+        Ok(client)
+    }
+
+    /// Where it lives.
+    pub fn paths(&self) -> &HostPaths {
+        &self.paths
+    }
+}
+
+impl skiff_shims::Executor for WasmHost {
+    fn handles(&self, path: &Path) -> bool {
+        self.client().handles(path)
+    }
+
+    async fn run(
+        &self,
+        spec: skiff_shims::ContainerSpec,
+    ) -> Result<skiff_shims::ContainerInfo, skiff_shims::Error> {
+        self.client().run(spec).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), skiff_shims::Error> {
+        self.client().stop(id, grace).await
+    }
+
+    async fn wait(&self, id: &str) -> Result<skiff_shims::ExitStatus, skiff_shims::Error> {
+        self.client().wait(id).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), skiff_shims::Error> {
+        self.client().remove(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<skiff_shims::ContainerInfo>, skiff_shims::Error> {
+        self.client().list().await
+    }
+}
+
 /// Connect to a running host, or start one (detached: its own process group, so the
 /// agent's signals and death do not reach it) and connect.
 pub async fn connect_or_spawn(paths: &HostPaths) -> Result<Client, HostError> {

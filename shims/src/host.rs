@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::executor::{ContainerInfo, ContainerSpec, ErrorKind, Executor, ExitEvent, ExitStatus};
 use crate::wasm::{WasmConfig, WasmExecutor};
@@ -336,6 +336,7 @@ pub struct Client {
     pending: Pending,
     next: Arc<AtomicU64>,
     events: broadcast::Sender<ExitEvent>,
+    closed: watch::Receiver<bool>,
 }
 
 impl Client {
@@ -355,20 +356,30 @@ impl Client {
             }
         });
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let pending_for_reader = pending.clone();
         let (events, _) = broadcast::channel(1024);
-        tokio::spawn(read_replies(
-            BufReader::new(read),
-            pending.clone(),
-            events.clone(),
-        ));
+        let events_for_reader = events.clone();
+        let (closed_tx, closed) = watch::channel(false);
+        tokio::spawn(async move {
+            read_replies(BufReader::new(read), pending_for_reader, events_for_reader).await;
+            let _ = closed_tx.send(true);
+        });
         let client = Client {
             out,
             pending,
             next: Arc::new(AtomicU64::new(1)),
             events,
+            closed,
         };
         client.call(Request::Events).await?;
         Ok(client)
+    }
+
+    /// Resolves once the connection to the host is gone (the host died or closed it):
+    /// every call fails from then on, and no more exits arrive.
+    pub async fn closed(&self) {
+        let mut c = self.closed.clone();
+        let _ = c.wait_for(|gone| *gone).await;
     }
 
     /// Exit events from now on (see [`WasmExecutor::subscribe`]). Subscribe first, then

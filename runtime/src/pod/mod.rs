@@ -26,7 +26,7 @@ use skiff_shims::{
     HttpSpec, Limits, Listener, LogSpec, Mount,
 };
 use status::{Container, Ended, Phase, Snapshot};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,8 +52,8 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub struct Ctx {
     /// The API.
     pub client: kube::Client,
-    /// The Wasm host.
-    pub host: skiff_shims::host::Client,
+    /// The Wasm host (replaced by a new one if it dies).
+    pub host: Arc<crate::wasmhost::WasmHost>,
     /// The artifact store.
     pub artifacts: ArtifactStore,
     /// Pod sandboxes.
@@ -77,6 +77,13 @@ pub struct Ctx {
 pub enum Msg {
     /// A container of the pod ended.
     Exited(ExitEvent),
+    /// The connection to the Wasm host broke and the agent reached a host again (a new
+    /// one, if the old one died): the pod's running containers not in `alive` died with
+    /// the old host.
+    HostReplaced {
+        /// Ids of the containers the host that now runs still has running.
+        alive: Arc<HashSet<String>>,
+    },
 }
 
 /// The worker's handle, kept by the agent.
@@ -419,6 +426,27 @@ impl Worker {
                     return;
                 }
                 self.exited(i, ev);
+            }
+            Msg::HostReplaced { alive } => {
+                let now = jiff::Timestamp::now();
+                for i in 0..self.slots.len() {
+                    let id = container_id(&self.uid, &self.slots[i].spec.name);
+                    if !self.slots[i].st.running() || alive.contains(&id) {
+                        continue;
+                    }
+                    self.exited(
+                        i,
+                        ExitEvent {
+                            id,
+                            finished_at: now,
+                            status: skiff_shims::ExitStatus {
+                                code: skiff_shims::executor::EXIT_KILLED,
+                                reason: skiff_shims::ExitReason::Error,
+                                message: "the node's Wasm host stopped unexpectedly; a new one was started".into(),
+                            },
+                        },
+                    );
+                }
             }
         }
     }
