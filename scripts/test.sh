@@ -14,6 +14,10 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v umoci >/dev/null || need_apt+=(umoci)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Linux containers: libcontainer links libseccomp; test images are made of busybox.
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+pkg-config --exists libseccomp 2>/dev/null || need_apt+=(libseccomp-dev)
+[[ -x /bin/busybox ]] || need_apt+=(busybox-static)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq

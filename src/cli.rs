@@ -99,6 +99,15 @@ pub(crate) enum Command {
         #[arg(long)]
         keep_resident_mib: Option<u64>,
     },
+    /// Run one Linux container's shim (started by the agent; it outlives the agent).
+    #[command(hide = true)]
+    ContainerShim {
+        /// Clean up a container whose shim died, instead of running one.
+        #[arg(long)]
+        delete: bool,
+        /// The container's bundle directory.
+        dir: PathBuf,
+    },
     /// Run a node agent: join a Skiff server and run the pods it places here.
     Agent {
         /// The server, e.g. `https://10.0.0.1:6443`.

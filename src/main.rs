@@ -252,6 +252,15 @@ async fn push(
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        // First, before anything starts a thread: libcontainer forks this process.
+        Command::ContainerShim { delete, dir } => {
+            if delete {
+                skiff_shims::oci::shim::cleanup(&dir);
+                Ok(())
+            } else {
+                std::process::exit(skiff_shims::oci::shim::main(&dir))
+            }
+        }
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -34,6 +34,76 @@ pub struct ContainerSpec {
     /// Set for HTTP services (`wasi:http/proxy`): where to listen and the request deadline.
     #[serde(default)]
     pub http: Option<HttpSpec>,
+    /// Set for Linux containers: what the OCI executor needs beyond the above.
+    #[serde(default)]
+    pub oci: Option<OciOptions>,
+}
+
+/// What a Linux container needs besides argv, env, mounts, logs and limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciOptions {
+    /// The unpacked image layers, bottom first; the root filesystem is their overlay with a
+    /// private writable layer on top.
+    pub layers: Vec<PathBuf>,
+    /// Working directory (absolute; `/` when empty).
+    #[serde(default)]
+    pub cwd: String,
+    /// Who the process runs as.
+    #[serde(default)]
+    pub user: OciUser,
+    /// The container's hostname (the pod's).
+    #[serde(default)]
+    pub hostname: String,
+    /// The pod's network namespace, shared with its other containers.
+    pub netns: PathBuf,
+    /// Cgroup of the container, relative to each hierarchy's root (e.g.
+    /// `skiff/pod-UID/NAME`), under the pod's cgroup.
+    pub cgroup: String,
+    /// Single files bind-mounted read-only (e.g. `/etc/hosts`), host path → guest path.
+    #[serde(default)]
+    pub files: Vec<(PathBuf, String)>,
+    /// CPU weight from the request, in millicores (Kubernetes' `cpu.shares` rule).
+    #[serde(default)]
+    pub cpu_request_millis: Option<u64>,
+    /// Bound on the container's processes and threads.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    /// Privileges and confinement.
+    #[serde(default)]
+    pub security: OciSecurity,
+}
+
+/// The identity of a container's process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+/// A container's privileges (from its `securityContext`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciSecurity {
+    /// Every capability, no masked paths, no seccomp, all devices (the node allowed it).
+    #[serde(default)]
+    pub privileged: bool,
+    /// The capabilities to hold, `CAP_` names (the default set with adds and drops
+    /// applied by the agent).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `no_new_privs`: setuid binaries and file capabilities grant nothing.
+    #[serde(default)]
+    pub no_new_privs: bool,
+    /// The root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// Apply the default seccomp profile (`RuntimeDefault`); otherwise unconfined.
+    #[serde(default)]
+    pub seccomp_default: bool,
 }
 
 /// A verified artifact on local disk.
@@ -185,7 +255,7 @@ pub enum WorkloadKind {
     Command,
     /// A `wasi:http/proxy` component served on the spec's listeners.
     HttpProxy,
-    /// An OCI container (not handled by the Wasm executor).
+    /// A Linux container, run by the OCI executor.
     Oci,
 }
 

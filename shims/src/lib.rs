@@ -9,6 +9,9 @@
 //! - [`host`] — the same executor out of process, so Wasm workloads outlive the agent:
 //!   [`host::serve`] behind a unix socket, and [`host::Client`], which implements
 //!   [`Executor`] for the agent.
+//! - [`oci`] — [`oci::OciExecutor`]: Linux containers on youki's libcontainer, each
+//!   parented by a single-threaded shim process ([`oci::shim`]) so it outlives the agent;
+//!   [`oci::spec`] builds their OCI runtime config.
 //! - [`logs`] — the CRI-format container log files both write.
 //! - [`mounts`] — opening a volume's `subPath` without leaving the volume, which every
 //!   executor must use for what a spec mounts.
@@ -22,18 +25,18 @@
 //! }
 //! # Ok(()) }
 //! ```
-//!
-//! An OCI (libcontainer) executor will implement the same trait.
 
 pub mod executor;
 pub mod host;
 pub mod logs;
 pub mod mounts;
+pub mod oci;
 pub mod wasm;
 
 pub use executor::{
     Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent,
-    ExitReason, ExitStatus, HttpSpec, Limits, Listener, LogSpec, Mount, WorkloadKind,
+    ExitReason, ExitStatus, HttpSpec, Limits, Listener, LogSpec, Mount, OciOptions, OciSecurity,
+    OciUser, WorkloadKind,
 };
 
 /// Any failure of this crate.
@@ -45,6 +48,9 @@ pub enum Error {
     /// From the Wasm host protocol (including errors the host reported).
     #[error(transparent)]
     Host(#[from] host::Error),
+    /// From the OCI executor.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
 }
 
 impl Error {
@@ -53,6 +59,7 @@ impl Error {
         match self {
             Error::Wasm(e) => e.kind(),
             Error::Host(e) => e.kind(),
+            Error::Oci(e) => e.kind(),
         }
     }
 }

@@ -579,3 +579,33 @@ pub async fn kube_client(s: &Server) -> kube::Client {
 pub fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
+
+/// A busybox root filesystem at `dir` from Debian's busybox-static: the binary, a link
+/// per applet, and the empty directories a container needs.
+pub fn busybox_tree(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: install Debian's busybox-static (scripts/test.sh does)"
+    );
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        // `busybox --list` names busybox itself; a link to itself would replace it.
+        if applet.is_empty() || applet == "busybox" {
+            continue;
+        }
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc", "root", "var/www"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}

@@ -1003,6 +1003,7 @@ impl Worker {
                 cpu_millis: limits_of("cpu", true).map(|m| m.min(u64::from(u32::MAX)) as u32),
             },
             http: Some(self.http_spec(&spec)),
+            oci: None,
         };
         let result = self.ctx.host.run(cspec).await;
         let slot = &mut self.slots[i];

@@ -74,6 +74,7 @@ impl Node {
             },
             limits: Limits::default(),
             http: None,
+            oci: None,
         }
     }
 

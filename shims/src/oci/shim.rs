@@ -1,0 +1,360 @@
+//! The container shim: one small, single-threaded process per container, the parent of
+//! its init process. It mounts the root filesystem, has libcontainer create and start the
+//! container, writes the container's output to its CRI log, waits for it, records how it
+//! ended, and cleans up. Containers so outlive the agent (the shim is in a session of its
+//! own), and libcontainer's forks happen in a process with no other threads, as it needs.
+//!
+//! The bundle directory it is given holds `request.json` (the [`ContainerSpec`]); the shim
+//! adds `config.json`, `rootfs/` (overlay of the layers, writable layer in `upper/`),
+//! `state/` (libcontainer's), `started.json` and, at the end, `exit.json`. Its first line
+//! on stdout tells the agent whether the container started.
+
+use std::fs::File;
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{ContainerSpec, EXIT_KILLED, ErrorKind, ExitReason, ExitStatus};
+use crate::logs::{LogWriter, Stream};
+use crate::oci::spec::{BindSource, HostFacts, runtime_spec};
+
+/// What the shim says on its first stdout line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Started {
+    /// The container runs.
+    Ok(StartedInfo),
+    /// It could not be started; nothing of it is left but the bundle's request.
+    Failed {
+        /// How the agent should report it.
+        kind: ErrorKind,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A started container, as `started.json` records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartedInfo {
+    /// The shim's pid (the parent of the container's init).
+    pub shim_pid: i32,
+    /// The container's init process, as the host sees it.
+    pub init_pid: i32,
+    /// When it started.
+    pub started_at: jiff::Timestamp,
+}
+
+/// How a container ended, as `exit.json` records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exited {
+    /// When it ended.
+    pub finished_at: jiff::Timestamp,
+    /// How.
+    pub status: ExitStatus,
+}
+
+/// The files of a bundle directory.
+pub(crate) mod files {
+    pub const REQUEST: &str = "request.json";
+    pub const STARTED: &str = "started.json";
+    pub const EXIT: &str = "exit.json";
+    pub const ROOTFS: &str = "rootfs";
+    pub const UPPER: &str = "upper";
+    pub const WORK: &str = "work";
+    pub const STATE: &str = "state";
+}
+
+/// The libcontainer id of the container in `dir` (the bundle directory's name).
+pub(crate) fn libcontainer_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs the shim for the bundle `dir` (`skiff container-shim DIR`); returns the process's
+/// exit code. Must be called before the process starts any thread.
+pub fn main(dir: &Path) -> i32 {
+    match start(dir) {
+        Ok((started, container, logs)) => {
+            say(&Started::Ok(started.clone()));
+            let exited = supervise(dir, &started, logs);
+            finish(dir, container, &exited);
+            0
+        }
+        Err((kind, message)) => {
+            cleanup(dir);
+            say(&Started::Failed { kind, message });
+            1
+        }
+    }
+}
+
+/// Removes what a container left (libcontainer state, cgroups, the root filesystem mount
+/// and its writable layer), killing what still runs in it; `skiff container-shim --delete
+/// DIR`, for a shim that died before doing it.
+pub fn cleanup(dir: &Path) {
+    let state = dir.join(files::STATE).join(libcontainer_id(dir));
+    if state.exists() {
+        match Container::load(state.clone()) {
+            Ok(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    eprintln!("deleting container {}: {e}", state.display());
+                }
+            }
+            Err(e) => eprintln!("loading container {}: {e}", state.display()),
+        }
+    }
+    let rootfs = dir.join(files::ROOTFS);
+    let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+    for d in [files::ROOTFS, files::UPPER, files::WORK, files::STATE] {
+        let _ = std::fs::remove_dir_all(dir.join(d));
+    }
+}
+
+fn say(s: &Started) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, s);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+type StartError = (ErrorKind, String);
+
+fn cannot_run(m: impl std::fmt::Display) -> StartError {
+    (ErrorKind::ContainerCannotRun, m.to_string())
+}
+
+fn internal(m: impl std::fmt::Display) -> StartError {
+    (ErrorKind::Internal, m.to_string())
+}
+
+fn start(
+    dir: &Path,
+) -> Result<(StartedInfo, Container, Vec<std::thread::JoinHandle<()>>), StartError> {
+    let request = std::fs::read(dir.join(files::REQUEST)).map_err(internal)?;
+    let spec: ContainerSpec = serde_json::from_slice(&request).map_err(internal)?;
+    let oci = spec
+        .oci
+        .as_ref()
+        .ok_or_else(|| internal("not a Linux container"))?;
+    let rootfs = dir.join(files::ROOTFS);
+    mount_rootfs(dir, &oci.layers)?;
+    // Volumes are opened beneath their roots here and mounted by descriptor, so what was
+    // checked is what the container gets.
+    let mut opened = Vec::new();
+    let mut binds = Vec::new();
+    for m in &spec.mounts {
+        let d = crate::mounts::open_beneath(&m.host_path, &m.sub_path, true)
+            .map_err(|e| cannot_run(format!("volume for {}: {e}", m.guest_path)))?;
+        binds.push(BindSource {
+            source: d.proc_path(),
+            destination: m.guest_path.clone(),
+            read_only: m.read_only,
+        });
+        opened.push(d);
+    }
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(1 << 20);
+    let config = runtime_spec(
+        &spec,
+        &HostFacts {
+            rootfs: rootfs.clone(),
+            binds,
+            nofile_hard: nofile,
+        },
+    )
+    .map_err(internal)?;
+    config.save(dir.join("config.json")).map_err(internal)?;
+
+    let log = LogWriter::open(&spec.log).map_err(|e| cannot_run(format!("log file: {e}")))?;
+    let (out_r, out_w) = std::io::pipe().map_err(internal)?;
+    let (err_r, err_w) = std::io::pipe().map_err(internal)?;
+    let devnull = File::open("/dev/null").map_err(internal)?;
+    let state = dir.join(files::STATE);
+    std::fs::create_dir_all(&state).map_err(internal)?;
+    let mut container = ContainerBuilder::new(libcontainer_id(dir), SyscallType::default())
+        .with_root_path(&state)
+        .map_err(internal)?
+        .with_stdin(devnull)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(dir)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| cannot_run(format!("creating the container: {e}")))?;
+    drop(opened);
+    let pumps = vec![
+        pump(out_r, log.clone(), Stream::Stdout),
+        pump(err_r, log, Stream::Stderr),
+    ];
+    container
+        .start()
+        .map_err(|e| cannot_run(format!("starting the container: {e}")))?;
+    let init_pid = container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| internal("libcontainer reported no init pid"))?;
+    let started = StartedInfo {
+        shim_pid: std::process::id() as i32,
+        init_pid,
+        started_at: jiff::Timestamp::now(),
+    };
+    write_atomic(&dir.join(files::STARTED), &started).map_err(internal)?;
+    Ok((started, container, pumps))
+}
+
+fn mount_rootfs(dir: &Path, layers: &[PathBuf]) -> Result<(), StartError> {
+    if layers.is_empty() {
+        return Err(cannot_run("the image has no layers"));
+    }
+    let rootfs = dir.join(files::ROOTFS);
+    let upper = dir.join(files::UPPER);
+    let work = dir.join(files::WORK);
+    for d in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(d).map_err(internal)?;
+    }
+    // overlayfs lists the lower layers top first.
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|l| l.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).map_err(internal)?;
+    rustix::mount::mount(
+        "overlay",
+        &rootfs,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| cannot_run(format!("mounting the root filesystem (overlay): {e}")))
+}
+
+/// Copies one of the container's output pipes into its log, line by line.
+fn pump(
+    mut from: std::io::PipeReader,
+    log: LogWriter,
+    stream: Stream,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let _ = log.write(stream, &buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        log.finish();
+    })
+}
+
+/// Waits for the container's init and says how it ended.
+fn supervise(dir: &Path, started: &StartedInfo, pumps: Vec<std::thread::JoinHandle<()>>) -> Exited {
+    let pid = nix::unistd::Pid::from_raw(started.init_pid);
+    // The init is cloned with CLONE_PARENT and no exit signal: only __WALL sees it.
+    let status = loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => break (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("waiting for the container's init: {e}");
+                break (EXIT_KILLED, Some(nix::sys::signal::Signal::SIGKILL));
+            }
+        }
+    };
+    let finished_at = jiff::Timestamp::now();
+    // Everything else in the container died with its init (the pid namespace ends);
+    // the pipes close once they are gone.
+    for p in pumps {
+        let _ = p.join();
+    }
+    let oom = oom_killed(dir);
+    let (code, signal) = status;
+    let (reason, message) = if oom {
+        (
+            ExitReason::OomKilled,
+            "the container went past its memory limit and was killed".to_string(),
+        )
+    } else if code == 0 {
+        (ExitReason::Completed, String::new())
+    } else {
+        let m = signal
+            .map(|s| format!("killed by signal {s}"))
+            .unwrap_or_default();
+        (ExitReason::Error, m)
+    };
+    Exited {
+        finished_at,
+        status: ExitStatus {
+            code: if oom { EXIT_KILLED } else { code },
+            reason,
+            message,
+        },
+    }
+}
+
+/// Whether the kernel's OOM killer acted in the container's memory cgroup.
+fn oom_killed(dir: &Path) -> bool {
+    let Ok(request) = std::fs::read(dir.join(files::REQUEST)) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_slice::<ContainerSpec>(&request) else {
+        return false;
+    };
+    let Some(oci) = spec.oci else { return false };
+    let rel = oci.cgroup.trim_start_matches('/');
+    let candidates = [
+        (Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control")),
+        (Path::new("/sys/fs/cgroup").join(rel).join("memory.events")),
+    ];
+    candidates.iter().any(|p| {
+        std::fs::read_to_string(p).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
+}
+
+fn finish(dir: &Path, mut container: Container, exited: &Exited) {
+    if let Err(e) = write_atomic(&dir.join(files::EXIT), exited) {
+        eprintln!("recording the exit: {e}");
+    }
+    if let Err(e) = container.delete(true) {
+        eprintln!("deleting the container: {e}");
+    }
+    cleanup(dir);
+}
+
+fn write_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    serde_json::to_writer(&mut f, value)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
