@@ -294,6 +294,10 @@ pub(crate) struct NodeArgs {
     /// Registry (`host` or `host:port`) to speak plain HTTP to; loopback ones always are.
     #[arg(long = "insecure-registry")]
     pub(crate) insecure_registries: Vec<String>,
+    /// Let Linux containers with `securityContext.privileged: true` run on this node
+    /// (every capability, every device, no seccomp or masked paths). Off by default.
+    #[arg(long)]
+    pub(crate) allow_privileged: bool,
     /// CPU kept back for the system, in millicores.
     #[arg(long, default_value_t = 100)]
     pub(crate) reserved_cpu: u64,

@@ -52,6 +52,7 @@ fn agent_config(
         wasm_keep_resident_mib: args.wasm_keep_resident_mib,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,
+        allow_privileged: args.allow_privileged,
         http_limits: skiff_api::listen::Limits {
             header_read_timeout: args.http_header_timeout,
             max_connections: args.http_max_connections,

@@ -7,110 +7,20 @@
 
 mod common;
 
+use common::pods::{
+    WAIT, apply, http_get, running, status, terminated, wait_event, wait_for, waiting,
+};
 use common::{Agent, Registry, Server, free_port, guest, kube_client};
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::wait::await_condition;
-use std::io::Write;
 use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn apply(s: &Server, yaml: &str) {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(yaml.as_bytes()).unwrap();
-    s.kubectl_ok(&["apply", "-f", f.path().to_str().unwrap()]);
-}
 
 /// A Wasm pod; `extra` is appended to the container (YAML at 4 spaces).
 fn pod(name: &str, image: &str, restart: &str, extra: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: {restart}\n  containers:\n  - name: app\n    image: {image}\n{extra}"
     )
-}
-
-fn status(p: Option<&Pod>) -> Option<ContainerStatus> {
-    p?.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()
-        .cloned()
-}
-
-async fn wait_for(pods: &Api<Pod>, name: &str, what: &str, cond: impl Fn(&Pod) -> bool) -> Pod {
-    let found = tokio::time::timeout(
-        WAIT,
-        await_condition(pods.clone(), name, move |p: Option<&Pod>| {
-            p.is_some_and(&cond)
-        }),
-    )
-    .await;
-    match found {
-        Ok(Ok(Some(p))) => p,
-        _ => {
-            let now = pods.get_opt(name).await.ok().flatten();
-            panic!(
-                "pod {name}: {what} did not happen within {WAIT:?}; status: {:#?}",
-                now.and_then(|p| p.status)
-            )
-        }
-    }
-}
-
-fn running(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && status(Some(p)).is_some_and(|c| c.ready)
-}
-
-fn terminated(p: &Pod) -> Option<(String, String, i32)> {
-    let t = status(Some(p))?.state?.terminated?;
-    Some((
-        t.reason.unwrap_or_default(),
-        t.message.unwrap_or_default(),
-        t.exit_code,
-    ))
-}
-
-fn waiting(p: &Pod) -> Option<(String, String)> {
-    let w = status(Some(p))?.state?.waiting?;
-    Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
-}
-
-async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let r = client
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let code = r.status().as_u16();
-    Ok((code, r.text().await.map_err(|e| e.to_string())?))
-}
-
-/// Wait until an event with `reason` is recorded about `object`.
-async fn wait_event(client: &kube::Client, object: &str, reason: &str) {
-    use futures::StreamExt;
-    use k8s_openapi::api::core::v1::Event;
-    use kube::runtime::watcher;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let cfg = watcher::Config::default().fields(&format!("involvedObject.name={object}"));
-    let mut stream = std::pin::pin!(watcher(events, cfg));
-    let found = tokio::time::timeout(WAIT, async {
-        while let Some(ev) = stream.next().await {
-            if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = ev
-                && e.reason.as_deref() == Some(reason)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(found, Ok(true), "no {reason} event for {object}");
 }
 
 fn hello_pod(name: &str, image: &str, host_port: u16) -> String {

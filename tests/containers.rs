@@ -285,3 +285,62 @@ async fn a_restarted_executor_adopts_running_containers_and_a_dead_shim_is_an_ex
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Builds the example image (examples/containers/build-image.sh) and pushes it.
+fn push_example_image(reg: &common::Registry, repo_tag: &str) -> String {
+    let reference = reg.reference(repo_tag);
+    let out = std::process::Command::new(common::example("examples/containers/build-image.sh"))
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_deployment_from_the_readme_serves_logs_and_frees_its_port() {
+    use common::pods::{apply, http_get, status, wait_gone};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let s = common::Server::start_node("edge-c", &[]);
+    let port = common::free_port();
+    let manifest = std::fs::read_to_string(common::example("examples/containers/deployment.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:5000/busybox:1", &image)
+        .replace("hostPort: 8081", &format!("hostPort: {port}"));
+    apply(&s, &manifest);
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let client = common::kube_client(&s).await;
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
+    let list = pods.list(&Default::default()).await.unwrap();
+    let pod = list.items.first().expect("a pod");
+    let name = pod.metadata.name.clone().unwrap();
+    let st = status(Some(pod)).expect("container status");
+    assert!(
+        st.container_id
+            .as_deref()
+            .is_some_and(|c| c.starts_with("oci://")),
+        "{st:?}"
+    );
+    assert!(st.ready);
+    let (code, body) = http_get(port, "/").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from a Skiff container"), "{body}");
+    let logs = s.kubectl_ok(&["logs", "deploy/web"]);
+    assert!(logs.contains("ready"), "{logs}");
+    // The node says it runs containers.
+    let labels = s.kubectl_ok(&["get", "node", "edge-c", "-o", "jsonpath={.metadata.labels}"]);
+    assert!(
+        labels.contains("\"runtime.skiff.dev/oci\":\"true\""),
+        "{labels}"
+    );
+    s.kubectl_ok(&["delete", "deploy/web"]);
+    wait_gone(&pods, &name).await;
+    let freed = http_get(port, "/").await;
+    assert!(freed.is_err(), "port {port} still answers: {freed:?}");
+}

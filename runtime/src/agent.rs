@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub wasm_keep_resident_mib: Option<u64>,
     /// Pod sandboxes.
     pub sandboxes: Arc<dyn Sandboxes>,
+    /// Linux containers may be `privileged` here.
+    pub allow_privileged: bool,
     /// Header-read timeout and connection caps of the logs endpoint; the timeout and
     /// total cap also apply to each Wasm HTTP service's ports.
     pub http_limits: skiff_api::listen::Limits,
@@ -277,6 +279,11 @@ pub async fn start(
         keep_resident_mib: cfg.wasm_keep_resident_mib,
     };
     let host = Arc::new(wasmhost::WasmHost::start(paths.clone()).await?);
+    let oci = open_oci(&cfg, &dir).await;
+    let mut runtimes = cfg.runtimes.clone();
+    if oci.is_ok() && !runtimes.iter().any(|r| r == "oci") {
+        runtimes.push("oci".into());
+    }
     let artifacts = ArtifactStore::open_with(
         dir.join("artifacts"),
         StoreOptions {
@@ -313,7 +320,7 @@ pub async fn start(
         address: cfg.address.clone(),
         port: logs_addr.port(),
         cert_pin: pin,
-        runtimes: cfg.runtimes.clone(),
+        runtimes,
         reserved_milli_cpu: cfg.reserved_milli_cpu,
         reserved_memory: cfg.reserved_memory,
         labels: cfg.labels.clone(),
@@ -334,12 +341,21 @@ pub async fn start(
 
     // Subscribe before listing, so no exit falls between the two.
     let exits = host.client().subscribe();
-    let running = host.list().await.unwrap_or_default();
+    let oci_exits = oci
+        .as_ref()
+        .ok()
+        .map(skiff_shims::oci::OciExecutor::subscribe);
+    let mut running = host.list().await.unwrap_or_default();
+    if let Ok(o) = &oci {
+        running.extend(o.list().await.unwrap_or_default());
+    }
     let adopted: HashMap<String, skiff_shims::ContainerInfo> =
         running.into_iter().map(|c| (c.id.clone(), c)).collect();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         host: host.clone(),
+        oci,
+        allow_privileged: cfg.allow_privileged,
         artifacts,
         sandboxes: cfg.sandboxes.clone(),
         node: NodeFacts {
@@ -366,7 +382,7 @@ pub async fn start(
         });
         tokio::select! {
             _ = stop => {}
-            _ = pods_loop(ctx.clone(), node_name.clone(), exits) => {}
+            _ = pods_loop(ctx.clone(), node_name.clone(), exits, oci_exits) => {}
         }
         keeper_task.abort();
         log_task.abort();
@@ -381,10 +397,35 @@ pub async fn start(
     ))
 }
 
+/// The OCI executor, if this machine can run Linux containers; otherwise why not (logged,
+/// and the node does not offer the `oci` runtime).
+async fn open_oci(
+    cfg: &AgentConfig,
+    dir: &std::path::Path,
+) -> Result<skiff_shims::oci::OciExecutor, String> {
+    let opened = match crate::executors::oci_support() {
+        Ok(()) => skiff_shims::oci::OciExecutor::open(
+            &dir.join("containers"),
+            skiff_shims::oci::ShimCommand {
+                exe: cfg.exe.clone(),
+                args: vec!["container-shim".into()],
+            },
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(why) => Err(why),
+    };
+    if let Err(why) = &opened {
+        tracing::warn!(reason = %why, "this node cannot run Linux containers; it offers Wasm only");
+    }
+    opened
+}
+
 async fn pods_loop(
     ctx: Arc<Ctx>,
     node_name: String,
     mut exits: tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>,
+    mut oci_exits: Option<tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>>,
 ) {
     use kube::runtime::WatchStreamExt;
     let mut host = ctx.host.client();
@@ -441,6 +482,20 @@ async fn pods_loop(
                 }
                 // The connection is gone; the arm below reconnects.
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => host.closed().await,
+            },
+            ev = async { match oci_exits.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => match ev {
+                Ok(ev) => route_exit(&workers, ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "missed container exits; re-reading the OCI executor");
+                    if let Ok(oci) = &ctx.oci {
+                        for c in oci.list().await.unwrap_or_default() {
+                            if let skiff_shims::ContainerState::Exited { finished_at, status, .. } = c.state {
+                                route_exit(&workers, skiff_shims::ExitEvent { id: c.id, finished_at, status });
+                            }
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => oci_exits = None,
             },
             () = host.closed() => {
                 (host, exits) = reattach(&ctx).await;
@@ -517,12 +572,18 @@ fn apply(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Handle>, pod: Pod) {
 
 /// Containers and sandboxes of pods that are no longer bound here.
 async fn cleanup_orphans(ctx: &Arc<Ctx>, workers: &HashMap<String, Handle>) {
-    for c in ctx.host.list().await.unwrap_or_default() {
-        let uid = c.id.split('/').next().unwrap_or_default();
-        if !workers.contains_key(uid) {
-            tracing::info!(container = %c.id, "stopping a container whose pod is gone");
-            let _ = ctx.host.stop(&c.id, Duration::ZERO).await;
-            let _ = ctx.host.remove(&c.id).await;
+    let mut runners = vec![crate::executors::Runner::Wasm(&ctx.host)];
+    if let Ok(oci) = &ctx.oci {
+        runners.push(crate::executors::Runner::Oci(oci));
+    }
+    for runner in &runners {
+        for c in runner.list().await.unwrap_or_default() {
+            let uid = c.id.split('/').next().unwrap_or_default();
+            if !workers.contains_key(uid) {
+                tracing::info!(container = %c.id, "stopping a container whose pod is gone");
+                let _ = runner.stop(&c.id, Duration::ZERO).await;
+                let _ = runner.remove(&c.id).await;
+            }
         }
     }
     // Only pods with a directory of this agent's: other agents on the machine (tests,

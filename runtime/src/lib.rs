@@ -28,6 +28,7 @@
 //!     wasm_keep_resident_mib: None,
 //!     exe: std::env::current_exe().unwrap_or_default(),
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
+//!     allow_privileged: false,
 //!     http_limits: Default::default(),
 //! };
 //! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;
@@ -38,6 +39,8 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod executors;
+pub mod hostports;
 pub mod logserver;
 pub mod node;
 pub mod pod;

@@ -40,7 +40,13 @@ pub struct Sandbox {
     pub netns: PathBuf,
     /// The pod cgroup directories (one per controller hierarchy), if cgroups are usable.
     pub cgroups: Vec<PathBuf>,
+    /// The pod cgroup relative to each hierarchy's root (`skiff/pod-UID`); its containers'
+    /// cgroups go under it.
+    pub cgroup: String,
 }
+
+/// Processes and threads a pod may have at once (a fork bomb stops there).
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 
 /// Limits for the pod cgroup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,7 +103,7 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), SandboxError> {
 }
 
 /// The hierarchies to put a pod cgroup in: cgroup v2 at the root when it has the memory
-/// controller, else the v1 `memory` and `cpu` hierarchies (hybrid hosts mount v2 at
+/// controller, else the v1 `memory`, `cpu` and `pids` hierarchies (hybrid hosts mount v2 at
 /// `unified` with no controllers; those are skipped).
 fn hierarchies() -> Vec<(PathBuf, bool)> {
     let root = Path::new("/sys/fs/cgroup");
@@ -105,7 +111,7 @@ fn hierarchies() -> Vec<(PathBuf, bool)> {
     if v2.split_whitespace().any(|c| c == "memory") {
         return vec![(root.to_path_buf(), true)];
     }
-    ["memory", "cpu"]
+    ["memory", "cpu", "pids"]
         .iter()
         .map(|c| root.join(c))
         .filter(|p| p.is_dir())
@@ -151,6 +157,9 @@ impl LinuxSandboxes {
                     m.to_string(),
                 );
             }
+            if h.ends_with("pids") || v2 {
+                set("pids.max", DEFAULT_PIDS_LIMIT.to_string());
+            }
             if let Some(c) = limits.milli_cpu {
                 let period = 100_000u64;
                 let quota = (c * period / 1000).max(1000);
@@ -185,6 +194,7 @@ impl Sandboxes for LinuxSandboxes {
         Ok(Sandbox {
             netns: path,
             cgroups: self.cgroups(uid, limits),
+            cgroup: format!("{}/pod-{uid}", self.cgroup_parent),
         })
     }
 
@@ -196,7 +206,15 @@ impl Sandboxes for LinuxSandboxes {
                 Command::new("ip").args(["netns", "delete", &name]),
             )?;
         }
-        for (h, _) in hierarchies() {
+        // Every hierarchy: libcontainer makes the container cgroups (and so the pod's
+        // directory) in each v1 controller it knows, not only those limited here.
+        let all = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.path(), false))
+            .chain(hierarchies());
+        for (h, _) in all {
             let dir = h.join(&self.cgroup_parent).join(format!("pod-{uid}"));
             if dir.exists()
                 && let Err(e) = std::fs::remove_dir(&dir)

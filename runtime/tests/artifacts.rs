@@ -352,7 +352,7 @@ async fn pulls_image_whose_layer_holds_one_wasm_file() {
         other => panic!("{other:?}"),
     }
 
-    // Two layers: a container image without downloading its layers.
+    // Two layers: a container image, every layer fetched and verified for the OCI executor.
     let reference = reg.reference("img:two");
     let before = store.stats().blob_downloads;
     push_layout(
@@ -382,7 +382,17 @@ async fn pulls_image_whose_layer_holds_one_wasm_file() {
         .await
         .expect("pull two-layer");
     assert_eq!(artifact.kind(), ArtifactKind::ContainerImage);
-    assert_eq!(store.stats().blob_downloads, before + 1, "only the config");
+    assert_eq!(
+        store.stats().blob_downloads,
+        before + 3,
+        "the config and both layers"
+    );
+    match &artifact.content {
+        ArtifactContent::Container(image) => {
+            assert!(image.layers.iter().all(|l| l.path.is_some()));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -56,6 +56,7 @@ mod pull;
 mod push;
 mod registry;
 mod tarlayer;
+pub mod unpack;
 mod wasm;
 
 use std::collections::{BTreeSet, HashMap};

@@ -274,6 +274,10 @@ impl ArtifactStore {
         }
         self.ensure_blob(source, name, &config).await?;
         size += config.size;
+        let plan_layer = match &plan {
+            Plan::InspectTar { layer } => Some(layer.digest.clone()),
+            _ => None,
+        };
         let wasm = match plan {
             Plan::WasmLayer { layout, layer } => {
                 let path = self.ensure_blob(source, name, &layer).await?;
@@ -300,6 +304,20 @@ impl ArtifactStore {
             }
             Plan::Container => None,
         };
+        if wasm.is_none() {
+            // A container image: every layer, each verified against its digest (the
+            // one inspected above is already counted).
+            let inspected = match &plan_layer {
+                Some(d) => d.as_str(),
+                None => "",
+            };
+            for layer in &layers {
+                self.ensure_blob(source, name, layer).await?;
+                if layer.digest != inspected {
+                    size += layer.size;
+                }
+            }
+        }
         Ok(ArtifactRecord {
             manifest_digest,
             config,

@@ -3,6 +3,7 @@
 //! deletion. Workers own their pod's state; the agent feeds them the pod's latest object
 //! and the exits of its containers.
 
+pub mod container;
 pub mod env;
 pub mod logs;
 pub mod objects;
@@ -12,6 +13,7 @@ pub mod volumes;
 use crate::artifacts::{
     ArtifactContent, ArtifactStore, DockerConfig, PullPolicy, RegistryCredentials,
 };
+use crate::executors::{Runner, Runtime};
 use crate::sandbox::{PodLimits, Sandbox, Sandboxes};
 use env::{ConfigError, NodeFacts, Objects};
 use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
@@ -54,6 +56,10 @@ pub struct Ctx {
     pub client: kube::Client,
     /// The Wasm host (replaced by a new one if it dies).
     pub host: Arc<crate::wasmhost::WasmHost>,
+    /// Linux containers, if this node can run them (else why not).
+    pub oci: Result<skiff_shims::oci::OciExecutor, String>,
+    /// Whether `privileged` containers may run here.
+    pub allow_privileged: bool,
     /// The artifact store.
     pub artifacts: ArtifactStore,
     /// Pod sandboxes.
@@ -111,6 +117,8 @@ struct Slot {
     instances: i32,
     /// No restart will come (policy, or the pod is done).
     final_: bool,
+    /// The executor its current (or last) instance runs on.
+    runtime: Option<Runtime>,
 }
 
 impl Slot {
@@ -125,6 +133,7 @@ impl Slot {
             started: None,
             instances: 0,
             final_: false,
+            runtime: None,
         }
     }
 
@@ -138,6 +147,19 @@ impl Slot {
             message: message.into(),
         };
     }
+}
+
+/// The image's `/etc/passwd` and `/etc/group` (from the topmost layer that has each), for
+/// resolving a user name; empty when the image has none.
+fn image_identity_files(layers: &[PathBuf]) -> (String, String) {
+    let read = |name: &str| {
+        layers
+            .iter()
+            .rev()
+            .find_map(|l| std::fs::read_to_string(l.join("etc").join(name)).ok())
+            .unwrap_or_default()
+    };
+    (read("passwd"), read("group"))
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -183,6 +205,8 @@ pub struct Worker {
     published: Option<serde_json::Value>,
     publish_retry: Option<Instant>,
     done: bool,
+    /// hostPort forwarders of Linux containers, by container name (kept across restarts).
+    proxies: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Worker {
@@ -225,6 +249,7 @@ impl Worker {
             published: None,
             publish_retry: None,
             done: false,
+            proxies: HashMap::new(),
         };
         // Adopt now, not when the task first runs: the agent clears what the Wasm host
         // reported once every pod it knows has a worker.
@@ -371,7 +396,12 @@ impl Worker {
                 }
             }
             if let Some(info) = adopted.get(&id) {
-                slot.st.container_id = format!("wasm://{id}");
+                let runtime = match info.kind {
+                    skiff_shims::WorkloadKind::Oci => Runtime::Oci,
+                    _ => Runtime::Wasm,
+                };
+                slot.runtime = Some(runtime);
+                slot.st.container_id = format!("{}://{id}", runtime.scheme());
                 match &info.state {
                     ContainerState::Running { started_at } => {
                         slot.st.phase = Phase::Running {
@@ -565,6 +595,11 @@ impl Worker {
                 continue;
             }
             self.start(i).await;
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].st.running() {
+                self.ensure_proxies(i).await;
+            }
         }
         let all_final = self.slots.iter().filter(|s| !s.init).all(|s| s.final_);
         if all_final {
@@ -850,6 +885,187 @@ impl Worker {
         }
     }
 
+    /// The executor for `runtime`. The OCI one exists whenever a slot was given
+    /// [`Runtime::Oci`] ([`Worker::runtime_for`] checks).
+    fn runner(&self, runtime: Runtime) -> Runner<'_> {
+        match (runtime, &self.ctx.oci) {
+            (Runtime::Oci, Ok(oci)) => Runner::Oci(oci),
+            _ => Runner::Wasm(&self.ctx.host),
+        }
+    }
+
+    /// Which executor runs this artifact under the pod's RuntimeClass handler, or why none.
+    fn runtime_for(
+        &self,
+        image: &str,
+        handler: &str,
+        content: &ArtifactContent,
+    ) -> Result<Runtime, String> {
+        let class = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.clone())
+            .unwrap_or_else(|| "oci".into());
+        match content {
+            ArtifactContent::Wasm(_) if handler == "oci" => Err(format!(
+                "image \"{image}\" is a Wasm artifact, and RuntimeClass \"{class}\" runs only OCI containers; use runtimeClassName \"wasm\" or \"mixed\""
+            )),
+            ArtifactContent::Wasm(_) => Ok(Runtime::Wasm),
+            ArtifactContent::Container(_) if handler == "wasm" => Err(format!(
+                "image \"{image}\" is a container image, and RuntimeClass \"{class}\" runs only Wasm artifacts; use runtimeClassName \"oci\" or \"mixed\""
+            )),
+            ArtifactContent::Container(_) => match &self.ctx.oci {
+                Ok(_) => Ok(Runtime::Oci),
+                Err(why) => Err(format!(
+                    "image \"{image}\" is a container image, and this node cannot run Linux containers: {why}"
+                )),
+            },
+        }
+    }
+
+    /// Completes `cspec` for a Wasm artifact: argv and the HTTP service's listeners.
+    fn wasm_spec(
+        &self,
+        cspec: &mut ContainerSpec,
+        spec: &K8sContainer,
+        wasm: &crate::artifacts::WasmArtifact,
+    ) {
+        let expand = |s: &String| env::expand(s, &cspec.env);
+        let mut args: Vec<String> = spec.command.iter().flatten().map(expand).collect();
+        if args.is_empty() {
+            args.push(spec.name.clone());
+        }
+        args.extend(spec.args.iter().flatten().map(expand));
+        cspec.args = args;
+        cspec.artifact.path = wasm.path.clone();
+        cspec.artifact.digest = wasm.digest.clone();
+        cspec.http = Some(self.http_spec(spec));
+    }
+
+    /// Completes `cspec` for a Linux container: its image's layers and config merged with
+    /// the container's spec, its user, privileges and the pod's files. Errors are
+    /// `(reason, message)` for the container's waiting state.
+    async fn oci_spec(
+        &mut self,
+        cspec: &mut ContainerSpec,
+        spec: &K8sContainer,
+        image: &str,
+        img: &crate::artifacts::ContainerImage,
+    ) -> Result<(), (&'static str, String)> {
+        let layers = self
+            .ctx
+            .artifacts
+            .unpacked_layers(image, img)
+            .await
+            .map_err(|e| {
+                (
+                    e.reason().as_str(),
+                    format!("Failed to pull image \"{image}\": {e}"),
+                )
+            })?;
+        let config_bytes = std::fs::read(&img.config_path)
+            .map_err(|e| ("ErrImagePull", format!("image config: {e}")))?;
+        let config = container::parse_image_config(&config_bytes)
+            .map_err(|e| ("InvalidArtifact", format!("image \"{image}\": {e}")))?;
+        let expand = |s: &String| env::expand(s, &cspec.env);
+        cspec.args =
+            container::argv(&config, spec, expand).map_err(|e| ("CreateContainerError", e))?;
+        cspec.env = container::merge_env(&config.env, std::mem::take(&mut cspec.env));
+        let (passwd, group) = image_identity_files(&layers);
+        let user = container::user(&self.pod, spec, &config, &passwd, &group)
+            .map_err(|e| ("CreateContainerConfigError", e))?;
+        let security = container::security(&self.pod, spec, self.ctx.allow_privileged)
+            .map_err(|e| ("CreateContainerConfigError", e))?;
+        let files = self.pod_files().map_err(|e| ("CreateContainerError", e))?;
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .ok_or(("CreateContainerError", "the pod has no sandbox".to_string()))?;
+        let requests = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+        cspec.artifact.path = img.config_path.clone();
+        cspec.oci = Some(skiff_shims::OciOptions {
+            layers,
+            cwd: container::working_dir(&config, spec),
+            user,
+            hostname: container::hostname(&self.pod),
+            netns: sandbox.netns.clone(),
+            cgroup: format!("{}/{}", sandbox.cgroup, spec.name),
+            files,
+            cpu_request_millis: quantity_u64(requests.and_then(|r| r.get("cpu")), true),
+            pids_limit: Some(crate::sandbox::DEFAULT_PIDS_LIMIT),
+            security,
+        });
+        Ok(())
+    }
+
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of the pod's containers,
+    /// written once into the pod's directory.
+    fn pod_files(&self) -> Result<Vec<(PathBuf, String)>, String> {
+        let dir = self.ctx.pods_dir.join(&self.uid).join("etc");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let files = [
+            ("hosts", container::etc_hosts(&self.pod)),
+            ("hostname", format!("{}\n", container::hostname(&self.pod))),
+            (
+                "resolv.conf",
+                container::resolv_conf(&self.pod, &node_resolv),
+            ),
+        ];
+        let mut out = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            if !path.exists() {
+                std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            out.push((path, format!("/etc/{name}")));
+        }
+        Ok(out)
+    }
+
+    /// Serve the hostPorts of a running Linux container (once per pod and container).
+    async fn ensure_proxies(&mut self, i: usize) {
+        let slot = &self.slots[i];
+        if slot.runtime != Some(Runtime::Oci) || self.proxies.contains_key(&slot.spec.name) {
+            return;
+        }
+        let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
+            return;
+        };
+        let name = slot.spec.name.clone();
+        let mut tasks = Vec::new();
+        for p in slot.spec.ports.iter().flatten() {
+            let Some(hp) = p
+                .host_port
+                .and_then(|h| u16::try_from(h).ok())
+                .filter(|h| *h > 0)
+            else {
+                continue;
+            };
+            if p.protocol.as_deref().is_some_and(|x| x != "TCP") {
+                continue;
+            }
+            let Ok(cp) = u16::try_from(p.container_port) else {
+                continue;
+            };
+            let ip = p
+                .host_ip
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            match crate::hostports::forward(SocketAddr::new(ip, hp), netns.clone(), cp).await {
+                Ok(t) => tasks.push(t),
+                Err(e) => self.ctx.recorder.warning(
+                    &self.object(),
+                    "FailedHostPort",
+                    format!("hostPort {hp} of container {name}: {e}"),
+                ),
+            }
+        }
+        self.proxies.insert(name, tasks);
+    }
+
     /// The log file of a container instance.
     fn log_path(&self, name: &str, instance: i32) -> PathBuf {
         self.ctx
@@ -896,39 +1112,24 @@ impl Worker {
         };
         self.slots[i].pull_backoff = Duration::ZERO;
         self.slots[i].st.image_id = artifact.image_id();
-        let wasm = match &artifact.content {
-            ArtifactContent::Wasm(w) => w.clone(),
-            ArtifactContent::Container(_) => {
-                let msg = if handler == "wasm" {
-                    format!(
-                        "image \"{image}\" is a container image, and RuntimeClass \"wasm\" runs only Wasm artifacts; use runtimeClassName \"oci\" or \"mixed\" on a node with an OCI runtime"
-                    )
-                } else {
-                    format!(
-                        "image \"{image}\" is a container image, and this node has no OCI runtime yet (it runs Wasm only)"
-                    )
-                };
-                return self.pull_failed(i, "InvalidArtifact", msg);
-            }
+        let runtime = match self.runtime_for(&image, &handler, &artifact.content) {
+            Ok(r) => r,
+            Err(msg) => return self.pull_failed(i, "InvalidArtifact", msg),
         };
-        if handler == "oci" {
-            let class = self
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.runtime_class_name.clone())
-                .unwrap_or_else(|| "oci".into());
-            let msg = format!(
-                "image \"{image}\" is a Wasm artifact, and RuntimeClass \"{class}\" runs only OCI containers; use runtimeClassName \"wasm\" or \"mixed\""
-            );
-            return self.pull_failed(i, "InvalidArtifact", msg);
-        }
         let volumes = match self.ensure_volumes().await {
             Ok(v) => v,
             Err(e) => return self.config_failed(i, "CreateContainerConfigError", e.0),
         };
-        let preopens = match volumes::preopens(&spec, &volumes) {
-            Ok(p) => p,
+        let mounts: Vec<Mount> = match volumes::preopens(&spec, &volumes) {
+            Ok(p) => p
+                .into_iter()
+                .map(|p| Mount {
+                    host_path: p.host,
+                    sub_path: p.sub_path,
+                    guest_path: p.guest,
+                    read_only: p.read_only,
+                })
+                .collect(),
             Err(e) => return self.config_failed(i, "CreateContainerConfigError", e.0),
         };
         let env = match env::resolve(
@@ -942,12 +1143,6 @@ impl Worker {
             Ok(e) => e,
             Err(e) => return self.config_failed(i, "CreateContainerConfigError", e.0),
         };
-        let expand = |s: &String| env::expand(s, &env);
-        let mut args: Vec<String> = spec.command.iter().flatten().map(expand).collect();
-        if args.is_empty() {
-            args.push(spec.name.clone());
-        }
-        args.extend(spec.args.iter().flatten().map(expand));
         let instance = self.slots[i].instances;
         let log_path = self.log_path(&spec.name, instance);
         if let Some(d) = log_path.parent()
@@ -977,23 +1172,15 @@ impl Worker {
             )
         };
         let id = container_id(&self.uid, &spec.name);
-        let cspec = ContainerSpec {
+        let mut cspec = ContainerSpec {
             id: id.clone(),
             artifact: Artifact {
-                path: wasm.path.clone(),
-                digest: wasm.digest.clone(),
+                path: PathBuf::new(),
+                digest: artifact.digest.clone(),
             },
-            args,
+            args: Vec::new(),
             env,
-            mounts: preopens
-                .into_iter()
-                .map(|p| Mount {
-                    host_path: p.host,
-                    sub_path: p.sub_path,
-                    guest_path: p.guest,
-                    read_only: p.read_only,
-                })
-                .collect(),
+            mounts,
             log: LogSpec {
                 path: log_path,
                 max_bytes: 10 * 1024 * 1024,
@@ -1002,10 +1189,25 @@ impl Worker {
                 memory_bytes: limits_of("memory", false),
                 cpu_millis: limits_of("cpu", true).map(|m| m.min(u64::from(u32::MAX)) as u32),
             },
-            http: Some(self.http_spec(&spec)),
+            http: None,
             oci: None,
         };
-        let result = self.ctx.host.run(cspec).await;
+        let prepared = match &artifact.content {
+            ArtifactContent::Wasm(w) => {
+                self.wasm_spec(&mut cspec, &spec, w);
+                Ok(())
+            }
+            ArtifactContent::Container(img) => self.oci_spec(&mut cspec, &spec, &image, img).await,
+        };
+        if let Err((reason, message)) = prepared {
+            return if reason == "ErrImagePull" || reason == "InvalidArtifact" {
+                self.pull_failed(i, reason, message)
+            } else {
+                self.config_failed(i, reason, message)
+            };
+        }
+        self.slots[i].runtime = Some(runtime);
+        let result = self.runner(runtime).run(cspec).await;
         let slot = &mut self.slots[i];
         match result {
             Ok(info) => {
@@ -1017,7 +1219,7 @@ impl Worker {
                     slot.st.restart_count += 1;
                 }
                 slot.instances += 1;
-                slot.st.container_id = format!("wasm://{id}");
+                slot.st.container_id = format!("{}://{id}", runtime.scheme());
                 slot.st.phase = Phase::Running { started_at };
                 slot.started = Some(Instant::now());
                 slot.retry_at = None;
@@ -1051,7 +1253,7 @@ impl Worker {
                     slot.retry_at = Some(Instant::now() + Duration::from_secs(1));
                     slot.waiting(
                         "ContainerCreating",
-                        format!("the Wasm host is unavailable: {e}"),
+                        format!("the {} executor is unavailable: {e}", runtime.scheme()),
                     );
                 }
                 ErrorKind::AlreadyExists => {
@@ -1092,19 +1294,28 @@ impl Worker {
 
     /// Stop every container (with `grace`), remove them and the sandbox.
     async fn release(&mut self, grace: Duration) {
-        let ids: Vec<(String, bool)> = self
+        let ids: Vec<(String, bool, Runtime)> = self
             .slots
             .iter()
-            .map(|s| (container_id(&self.uid, &s.spec.name), s.st.running()))
+            .filter_map(|s| {
+                s.runtime
+                    .map(|r| (container_id(&self.uid, &s.spec.name), s.st.running(), r))
+            })
             .collect();
-        let host = &self.ctx.host;
-        let stops = ids.iter().map(|(id, running)| async move {
+        let this = &*self;
+        let stops = ids.iter().map(|(id, running, r)| async move {
+            let runner = this.runner(*r);
             if *running {
-                let _ = host.stop(id, grace).await;
+                let _ = runner.stop(id, grace).await;
             }
-            let _ = host.remove(id).await;
+            let _ = runner.remove(id).await;
         });
         futures::future::join_all(stops).await;
+        for (_, tasks) in self.proxies.drain() {
+            for t in tasks {
+                t.abort();
+            }
+        }
         let sandboxes = self.ctx.sandboxes.clone();
         let uid = self.uid.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sandboxes.destroy(&uid)).await {
