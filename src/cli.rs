@@ -307,6 +307,10 @@ pub(crate) struct NodeArgs {
     /// Pods this node takes.
     #[arg(long, default_value_t = skiff_runtime::node::MAX_PODS)]
     pub(crate) max_pods: u32,
+    /// Processes and threads one pod's containers may have at once (the kubelet's
+    /// `--pod-max-pids`); a fork bomb stops there.
+    #[arg(long, default_value_t = skiff_runtime::sandbox::DEFAULT_PIDS_LIMIT)]
+    pub(crate) pod_max_pids: i64,
     /// Linear memory each Wasm pool slot keeps resident between requests, in MiB
     /// (default: 1/1024 of the machine's memory, at most 16). Larger is faster for guests
     /// with big heaps (Python) and keeps more memory resident after a burst; 0 gives

@@ -49,6 +49,7 @@ fn agent_config(
         insecure_registries: args.insecure_registries.clone(),
         labels: args.node_labels.iter().cloned().collect(),
         max_pods: args.max_pods,
+        pod_max_pids: args.pod_max_pids,
         wasm_keep_resident_mib: args.wasm_keep_resident_mib,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,

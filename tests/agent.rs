@@ -8,7 +8,8 @@
 mod common;
 
 use common::pods::{
-    WAIT, apply, http_get, running, status, terminated, wait_event, wait_for, waiting,
+    Load, WAIT, apply, http_get, mark_stale, running, status, terminated, wait_event, wait_for,
+    waiting,
 };
 use common::{Agent, Registry, Server, free_port, guest, kube_client};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -296,36 +297,11 @@ async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
         .started_at;
 
     // Load: two clients, sequential requests each, every answer checked.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http_get(port, "/").await {
-                    Ok((200, b)) if b == "hello from skiff\n" => ok += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(port, 2, |b| b == "hello from skiff\n");
     agent.kill9();
-    // With the old agent dead, mark the stored status stale (the restart count, which
-    // the agent carries over from the API, is left as it was): whatever state the pod
+    // With the old agent dead, mark the stored status stale: whatever state the pod
     // shows after this was written by the restarted agent, not left by the old one.
-    let stale = serde_json::json!({"status": {"phase": "Unknown", "containerStatuses": [{
-        "name": "app", "image": image, "imageID": "", "ready": false, "restartCount": 0,
-        "state": {"waiting": {"reason": "StaleForTest"}},
-    }]}});
-    pods.patch_status(
-        "steady",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&stale),
-    )
-    .await
-    .unwrap();
+    mark_stale(&pods, "steady", "app", &image).await;
     agent.restart();
     // The restarted agent finds the running instance and says so.
     wait_event(&client, "steady", "Adopted").await;
@@ -337,16 +313,11 @@ async fn killing_the_agent_under_load_fails_no_request_and_it_readopts() {
     // Let the load run a little past the restart, then stop it.
     let (code, _) = http_get(port, "/after-restart").await.unwrap();
     assert_eq!(code, 200);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for l in load {
-        let (ok, failed) = l.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "requests failed across the agent's death: {failed:?}"
-        );
-        total += ok;
-    }
+    let (total, failed) = load.finish().await;
+    assert!(
+        failed.is_empty(),
+        "requests failed across the agent's death: {failed:?}"
+    );
     assert!(total > 10, "only {total} requests made");
     let cs = status(Some(&after)).unwrap();
     assert_eq!(cs.restart_count, 0);

@@ -13,15 +13,19 @@ use skiff_shims::{
     OciSecurity, OciUser,
 };
 
-/// A busybox root filesystem (Debian's busybox-static), made once per test process.
+/// A busybox root filesystem (Debian's busybox-static), made once under the target
+/// directory and shared by every test process (made aside, then renamed into place).
 fn busybox_rootfs() -> PathBuf {
-    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("skiff-busybox-{}", std::process::id()));
-        common::busybox_tree(&dir);
-        dir
-    })
-    .clone()
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
+    if !dir.join("bin/busybox").exists() {
+        let tmp = dir.with_extension(format!("{}", std::process::id()));
+        common::busybox_tree(&tmp);
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test process won.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    dir
 }
 
 struct Fixture {
@@ -343,4 +347,513 @@ async fn a_container_deployment_from_the_readme_serves_logs_and_frees_its_port()
     wait_gone(&pods, &name).await;
     let freed = http_get(port, "/").await;
     assert!(freed.is_err(), "port {port} still answers: {freed:?}");
+}
+
+/// A tar layer with entries written as given (names are not checked, so `../` can be
+/// written); `(name, body)`, a name ending in `/` is a directory.
+fn raw_layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        for (name, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            let dir = name.ends_with('/');
+            h.set_entry_type(if dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_size(body.len() as u64);
+            h.set_mode(if dir { 0o755 } else { 0o644 });
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *body).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    raw
+}
+
+/// The busybox root filesystem as one tar layer.
+fn busybox_layer() -> Vec<u8> {
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        b.follow_symlinks(false);
+        b.append_dir_all(".", busybox_rootfs()).unwrap();
+        b.finish().unwrap();
+    }
+    raw
+}
+
+/// Publishes an image of `layers` (uncompressed tars, bottom first) with skopeo from an
+/// OCI layout written here.
+fn push_layers(
+    reg: &common::Registry,
+    repo_tag: &str,
+    layers: &[Vec<u8>],
+    cmd: &[&str],
+) -> (String, Vec<String>) {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let layer_descs: Vec<(String, usize)> = layers.iter().map(|l| put(l)).collect();
+    let _ = &layer_descs;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": layer_descs.iter().map(|(d, _)| d).collect::<Vec<_>>()},
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": layer_descs.iter().map(|(d, n)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n,
+        })).collect::<Vec<_>>(),
+    });
+    let (m_digest, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m_digest, "size": m_size,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }]}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let reference = reg.reference(repo_tag);
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", dir.path().display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // skopeo may compress layers on the way: the registry's manifest has the digests.
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    let got = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/v2/{repo}/manifests/{tag}",
+            reg.port
+        ))
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    let digests = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    (reference, digests)
+}
+
+/// A container pod (no runtimeClassName); `extra` goes into the container at 4 spaces,
+/// `pod_extra` into the pod spec at 2.
+fn cpod(
+    name: &str,
+    image: &str,
+    restart: &str,
+    command: &str,
+    extra: &str,
+    pod_extra: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 2\n{pod_extra}  containers:\n  - name: app\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", {command:?}]\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_faults_end_in_the_right_reason_while_a_bystander_serves() {
+    use common::pods::{Load, apply, running, status, terminated, wait_for, waiting};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let s = common::Server::start_node("edge-f", &["--pod-max-pids", "64"]);
+    let client = common::kube_client(&s).await;
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
+    let port = common::free_port();
+    let bystander = std::fs::read_to_string(common::example("examples/containers/deployment.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:5000/busybox:1", &image)
+        .replace("hostPort: 8081", &format!("hostPort: {port}"));
+    apply(&s, &bystander);
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let load = Load::start(port, 1, |b| b.contains("hello from a Skiff container"));
+
+    // Images that cannot run: one with a layer escaping its root, one whose layer the
+    // registry corrupts, one that does not exist.
+    let marker = format!("skiff-escape-{}", std::process::id());
+    let escape_name = format!("../../../../../../../../../../tmp/{marker}");
+    let (escaping, _) = push_layers(
+        &reg,
+        "bad:escape",
+        &[busybox_layer(), raw_layer(&[(&escape_name, b"pwned")])],
+        &["/bin/true"],
+    );
+    let (corrupt, digests) = push_layers(
+        &reg,
+        "bad:corrupt",
+        &[busybox_layer(), raw_layer(&[("x", b"original")])],
+        &["/bin/true"],
+    );
+    let blob = reg.blob_path(&digests[1]);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let missing = reg.reference("nothing:here");
+
+    let res = "    resources:\n      limits: {memory: 32Mi}\n";
+    apply(
+        &s,
+        &[
+            cpod("exit3", &image, "Never", "echo failing; exit 3", "", ""),
+            cpod("again", &image, "OnFailure", "exit 3", "", ""),
+            cpod(
+                "hog",
+                &image,
+                "Never",
+                "x=0123456789abcdef; while true; do x=$x$x; done",
+                res,
+                "",
+            ),
+            cpod(
+                "bomb",
+                &image,
+                "Never",
+                "b() { b | b & }; b; sleep 30",
+                "",
+                "",
+            ),
+            cpod("escape", &escaping, "Never", "true", "", ""),
+            cpod("corrupt", &corrupt, "Never", "true", "", ""),
+            cpod("missing", &missing, "Never", "true", "", ""),
+            cpod(
+                "priv",
+                &image,
+                "Never",
+                "true",
+                "    securityContext: {privileged: true}\n",
+                "",
+            ),
+        ]
+        .join("---\n"),
+    );
+
+    let p = wait_for(&pods, "exit3", "terminated", |p| terminated(p).is_some()).await;
+    let (reason, _, code) = terminated(&p).unwrap();
+    assert_eq!((reason.as_str(), code), ("Error", 3));
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed")
+    );
+    let p = wait_for(&pods, "again", "restarted", |p| {
+        status(Some(p)).is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    let last = status(Some(&p))
+        .unwrap()
+        .last_state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(last.exit_code, 3);
+    let p = wait_for(&pods, "hog", "terminated", |p| terminated(p).is_some()).await;
+    let (reason, _, code) = terminated(&p).unwrap();
+    assert_eq!(
+        (reason.as_str(), code),
+        ("OOMKilled", 137),
+        "{:?}",
+        p.status
+    );
+
+    // The fork bomb runs into the pod's pids limit and no further.
+    wait_for(&pods, "bomb", "Running", |p| {
+        status(Some(p)).is_some_and(|c| c.state.and_then(|s| s.running).is_some())
+    })
+    .await;
+    let uid = pods.get("bomb").await.unwrap().metadata.uid.unwrap();
+    let pids = format!("/sys/fs/cgroup/pids/skiff/pod-{uid}/pids.current");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut peak = 0u64;
+    while std::time::Instant::now() < deadline && peak < 64 {
+        peak = peak.max(
+            std::fs::read_to_string(&pids)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        peak, 64,
+        "the bomb should reach the limit of 64 and stop there"
+    );
+    s.kubectl_ok(&["delete", "pod", "bomb", "--wait=true", "--timeout=30s"]);
+
+    let p = wait_for(&pods, "escape", "refused", |p| {
+        waiting(p).is_some_and(|(r, _)| r != "ContainerCreating")
+    })
+    .await;
+    let (reason, message) = waiting(&p).unwrap();
+    assert_eq!(reason, "InvalidArtifact", "{message}");
+    assert!(message.contains("escape the layer"), "{message}");
+    assert!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "the layer wrote outside its root"
+    );
+    let p = wait_for(&pods, "corrupt", "refused", |p| {
+        waiting(p).is_some_and(|(r, _)| r != "ContainerCreating")
+    })
+    .await;
+    let (_, message) = waiting(&p).unwrap();
+    assert!(
+        message.contains("digest") || message.contains("hashes to"),
+        "{message}"
+    );
+    // ErrImagePull, then ImagePullBackOff while it waits; the registry's reason is in the
+    // event.
+    wait_for(&pods, "missing", "pull failed", |p| {
+        waiting(p).is_some_and(|(r, _)| r.contains("ImagePull"))
+    })
+    .await;
+    let events = s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=missing",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("not found"), "{events}");
+    let p = wait_for(&pods, "priv", "refused", |p| {
+        waiting(p).is_some_and(|(r, _)| r == "CreateContainerConfigError")
+    })
+    .await;
+    assert!(waiting(&p).unwrap().1.contains("--allow-privileged"));
+
+    let (ok, failed) = load.finish().await;
+    assert!(failed.is_empty(), "the bystander failed: {failed:?}");
+    assert!(ok > 10, "only {ok} requests");
+    let p = pods
+        .list(&kube::api::ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert!(running(&p.items[0]));
+    assert_eq!(status(Some(&p.items[0])).unwrap().restart_count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_a_container_only_its_own_world_is_visible() {
+    use common::pods::{apply, terminated, wait_for};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let s = common::Server::start_node("edge-i", &[]);
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
+    // Results are printed through variables, so they never match the command line
+    // that `ps` shows.
+    let look = "y=yes; n=no; echo ps:; ps -o pid,args; echo cmdline:$(tr '\\0' ' ' </proc/1/cmdline); \
+        echo id:$(id -u):$(id -g); ls /work >/dev/null 2>&1 && echo host-files:$y; \
+        touch /rootfs-write 2>/dev/null && echo root-writable:$y || echo root-writable:$n; \
+        ping -c1 -W1 127.0.0.1 >/dev/null 2>&1 && echo ping:$y || echo ping:$n; \
+        cat /etc/hostname; echo done";
+    apply(&s, &[
+        cpod("plain", &image, "Never", look, "", ""),
+        cpod("locked", &image, "Never", look,
+            "    securityContext:\n      runAsUser: 65534\n      runAsGroup: 65534\n      readOnlyRootFilesystem: true\n      allowPrivilegeEscalation: false\n      capabilities: {drop: [NET_RAW]}\n", ""),
+    ].join("---\n"));
+    for name in ["plain", "locked"] {
+        let p = wait_for(&pods, name, "completed", |p| terminated(p).is_some()).await;
+        assert_eq!(terminated(&p).unwrap().2, 0, "{name}: {:?}", p.status);
+    }
+    let plain = s.kubectl_ok(&["logs", "plain"]);
+    let locked = s.kubectl_ok(&["logs", "locked"]);
+    for (name, log) in [("plain", &plain), ("locked", &locked)] {
+        assert!(
+            log.contains("cmdline:/bin/sh -c"),
+            "{name}: pid 1 is the container's own: {log}"
+        );
+        let ps: Vec<&str> = log
+            .lines()
+            .skip_while(|l| *l != "ps:")
+            .skip(2)
+            .take_while(|l| !l.starts_with("cmdline"))
+            .collect();
+        assert!(
+            ps.iter()
+                .all(|l| l.contains("ps -o") || l.contains("/bin/sh")),
+            "{name}: ps shows others: {ps:?}"
+        );
+        assert!(
+            !log.contains("host-files:yes"),
+            "{name}: the host's files are visible: {log}"
+        );
+        assert!(
+            log.contains(&format!("{name}\n")),
+            "{name}: hostname: {log}"
+        );
+    }
+    assert!(
+        plain.contains("id:0:0")
+            && plain.contains("root-writable:yes")
+            && plain.contains("ping:yes"),
+        "{plain}"
+    );
+    assert!(locked.contains("id:65534:65534"), "{locked}");
+    assert!(locked.contains("root-writable:no"), "{locked}");
+    assert!(locked.contains("ping:no"), "{locked}");
+}
+
+fn serving(b: &str) -> bool {
+    b.contains("hello from a Skiff container")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_agent_under_load_leaves_containers_serving_and_they_are_readopted() {
+    use common::pods::{Load, apply, mark_stale, running, status, wait_event, wait_for};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let s = common::Server::start_with(&[]);
+    let mut agent = common::Agent::start(&s, "edge-ka");
+    let client = common::kube_client(&s).await;
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
+    let port = common::free_port();
+    let ports = format!("    ports:\n    - containerPort: 8080\n      hostPort: {port}\n");
+    let pod = cpod(
+        "steady",
+        &image,
+        "Always",
+        "trap 'exit 0' TERM; httpd -f -p 8080 -h /var/www & wait",
+        &ports,
+        "",
+    );
+    apply(&s, &pod);
+    let before = wait_for(&pods, "steady", "Running", running).await;
+    let started = status(Some(&before))
+        .unwrap()
+        .state
+        .unwrap()
+        .running
+        .unwrap()
+        .started_at;
+    let load = Load::start(port, 2, serving);
+    // Let the load get going, then kill the agent (the hostPort goes with it: the
+    // container's own port is what must keep serving, so the load goes through the pod).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.kill9();
+    mark_stale(&pods, "steady", "app", &image).await;
+    agent.restart();
+    wait_event(&client, "steady", "Adopted").await;
+    let after = wait_for(&pods, "steady", "status rewritten by the new agent", |p| {
+        status(Some(p)).is_some_and(|c| c.state.and_then(|s| s.running).is_some())
+    })
+    .await;
+    assert!(running(&after), "{:#?}", after.status);
+    let cs = status(Some(&after)).unwrap();
+    assert_eq!(cs.restart_count, 0);
+    assert_eq!(cs.state.unwrap().running.unwrap().started_at, started);
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 10, "only {ok} requests");
+    // The hostPort is the agent's own socket until pod networking: requests made while no
+    // agent ran may fail; the container itself never stopped (same start, no restart).
+    let _ = failed;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_shim_restarts_its_container_by_policy() {
+    use common::pods::{apply, http_get, running, status, wait_for};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let s = common::Server::start_node("edge-ks", &[]);
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
+    let port = common::free_port();
+    let ports = format!("    ports:\n    - containerPort: 8080\n      hostPort: {port}\n");
+    apply(
+        &s,
+        &cpod(
+            "web",
+            &image,
+            "Always",
+            "trap 'exit 0' TERM; httpd -f -p 8080 -h /var/www & wait",
+            &ports,
+            "",
+        ),
+    );
+    let p = wait_for(&pods, "web", "Running", running).await;
+    let uid = p.metadata.uid.unwrap();
+    let started: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            s.agent_dir()
+                .join("containers")
+                .join(format!("{uid}_app"))
+                .join("started.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let shim = started["shimPid"].as_i64().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &shim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let killed = std::time::Instant::now();
+    let p = wait_for(&pods, "web", "restarted", |p| {
+        running(p) && status(Some(p)).is_some_and(|c| c.restart_count == 1)
+    })
+    .await;
+    loop {
+        if let Ok((200, b)) = http_get(port, "/").await
+            && serving(&b)
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "not serving again within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = killed.elapsed();
+    let last = status(Some(&p))
+        .unwrap()
+        .last_state
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    assert!(
+        last.message
+            .unwrap_or_default()
+            .contains("shim stopped unexpectedly")
+    );
+    println!("serving again {back:?} after kill -9 of the container's shim");
 }

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Pods this node takes (`pods` in its capacity).
     pub max_pods: u32,
+    /// Processes and threads a pod may have at once.
+    pub pod_max_pids: i64,
     /// The `skiff` executable (to start the Wasm host).
     pub exe: PathBuf,
     /// Linear memory each Wasm pool slot keeps resident between requests, MiB (`None`:
@@ -356,6 +358,7 @@ pub async fn start(
         host: host.clone(),
         oci,
         allow_privileged: cfg.allow_privileged,
+        pod_max_pids: cfg.pod_max_pids,
         artifacts,
         sandboxes: cfg.sandboxes.clone(),
         node: NodeFacts {

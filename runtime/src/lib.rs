@@ -29,6 +29,7 @@
 //!     exe: std::env::current_exe().unwrap_or_default(),
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
 //!     allow_privileged: false,
+//!     pod_max_pids: 4096,
 //!     http_limits: Default::default(),
 //! };
 //! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;

@@ -55,6 +55,8 @@ pub struct PodLimits {
     pub memory: Option<u64>,
     /// CPU bound in millicores.
     pub milli_cpu: Option<u64>,
+    /// Bound on processes and threads.
+    pub pids: Option<i64>,
 }
 
 /// Creates and destroys pod sandboxes.
@@ -157,8 +159,10 @@ impl LinuxSandboxes {
                     m.to_string(),
                 );
             }
-            if h.ends_with("pids") || v2 {
-                set("pids.max", DEFAULT_PIDS_LIMIT.to_string());
+            if let Some(p) = limits.pids
+                && (h.ends_with("pids") || v2)
+            {
+                set("pids.max", p.to_string());
             }
             if let Some(c) = limits.milli_cpu {
                 let period = 100_000u64;

@@ -113,3 +113,61 @@ pub async fn wait_gone(pods: &Api<Pod>, name: &str) {
         "pod {name} still exists after {WAIT:?}"
     );
 }
+
+/// Clients fetching `http://127.0.0.1:PORT/` one request after another until stopped,
+/// each answer checked.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    /// `clients` loops; an answer is good when it is 200 and `good(body)`.
+    pub fn start(port: u16, clients: usize, good: fn(&str) -> bool) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http_get(port, "/").await {
+                            Ok((200, b)) if good(&b) => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients; returns the good answers and the failures.
+    pub async fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
+
+/// Overwrites the pod's status with a stale one (restart count kept at 0), so whatever it
+/// shows afterwards was written by an agent after this point.
+pub async fn mark_stale(pods: &Api<Pod>, name: &str, container: &str, image: &str) {
+    let stale = serde_json::json!({"status": {"phase": "Unknown", "containerStatuses": [{
+        "name": container, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "StaleForTest"}},
+    }]}});
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&stale),
+    )
+    .await
+    .unwrap();
+}

@@ -60,6 +60,8 @@ pub struct Ctx {
     pub oci: Result<skiff_shims::oci::OciExecutor, String>,
     /// Whether `privileged` containers may run here.
     pub allow_privileged: bool,
+    /// Processes and threads a pod may have at once.
+    pub pod_max_pids: i64,
     /// The artifact store.
     pub artifacts: ArtifactStore,
     /// Pod sandboxes.
@@ -611,7 +613,10 @@ impl Worker {
         if self.sandbox_retry.is_some_and(|t| t > Instant::now()) {
             return false;
         }
-        let mut limits = PodLimits::default();
+        let mut limits = PodLimits {
+            pids: Some(self.ctx.pod_max_pids),
+            ..PodLimits::default()
+        };
         let lim = |c: &K8sContainer, k: &str, milli: bool| {
             quantity_u64(
                 c.resources
@@ -993,7 +998,7 @@ impl Worker {
             cgroup: format!("{}/{}", sandbox.cgroup, spec.name),
             files,
             cpu_request_millis: quantity_u64(requests.and_then(|r| r.get("cpu")), true),
-            pids_limit: Some(crate::sandbox::DEFAULT_PIDS_LIMIT),
+            pids_limit: Some(self.ctx.pod_max_pids),
             security,
         });
         Ok(())
