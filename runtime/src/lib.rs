@@ -41,7 +41,6 @@
 pub mod agent;
 pub mod artifacts;
 pub mod executors;
-pub mod hostports;
 pub mod logserver;
 pub mod node;
 pub mod pod;

@@ -71,6 +71,18 @@ pub struct OciOptions {
     /// Privileges and confinement.
     #[serde(default)]
     pub security: OciSecurity,
+    /// Ports of the node forwarded to the container's ports on the pod's loopback.
+    #[serde(default)]
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A port of the node forwarded into the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    /// Where the node listens.
+    pub host: SocketAddr,
+    /// The container's port, on the pod's loopback.
+    pub container_port: u16,
 }
 
 /// The identity of a container's process.

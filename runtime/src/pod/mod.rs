@@ -151,6 +151,27 @@ impl Slot {
     }
 }
 
+/// The TCP hostPorts of a container (its shim serves them).
+fn host_ports(c: &K8sContainer) -> Vec<skiff_shims::executor::HostPort> {
+    c.ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|x| x == "TCP"))
+        .filter_map(|p| {
+            let host = u16::try_from(p.host_port?).ok().filter(|h| *h > 0)?;
+            let ip = p
+                .host_ip
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            Some(skiff_shims::executor::HostPort {
+                host: SocketAddr::new(ip, host),
+                container_port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect()
+}
+
 /// The image's `/etc/passwd` and `/etc/group` (from the topmost layer that has each), for
 /// resolving a user name; empty when the image has none.
 fn image_identity_files(layers: &[PathBuf]) -> (String, String) {
@@ -207,8 +228,6 @@ pub struct Worker {
     published: Option<serde_json::Value>,
     publish_retry: Option<Instant>,
     done: bool,
-    /// hostPort forwarders of Linux containers, by container name (kept across restarts).
-    proxies: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Worker {
@@ -251,7 +270,6 @@ impl Worker {
             published: None,
             publish_retry: None,
             done: false,
-            proxies: HashMap::new(),
         };
         // Adopt now, not when the task first runs: the agent clears what the Wasm host
         // reported once every pod it knows has a worker.
@@ -597,11 +615,6 @@ impl Worker {
                 continue;
             }
             self.start(i).await;
-        }
-        for i in 0..self.slots.len() {
-            if self.slots[i].st.running() {
-                self.ensure_proxies(i).await;
-            }
         }
         let all_final = self.slots.iter().filter(|s| !s.init).all(|s| s.final_);
         if all_final {
@@ -1000,6 +1013,7 @@ impl Worker {
             cpu_request_millis: quantity_u64(requests.and_then(|r| r.get("cpu")), true),
             pids_limit: Some(self.ctx.pod_max_pids),
             security,
+            host_ports: host_ports(spec),
         });
         Ok(())
     }
@@ -1027,48 +1041,6 @@ impl Worker {
             out.push((path, format!("/etc/{name}")));
         }
         Ok(out)
-    }
-
-    /// Serve the hostPorts of a running Linux container (once per pod and container).
-    async fn ensure_proxies(&mut self, i: usize) {
-        let slot = &self.slots[i];
-        if slot.runtime != Some(Runtime::Oci) || self.proxies.contains_key(&slot.spec.name) {
-            return;
-        }
-        let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
-            return;
-        };
-        let name = slot.spec.name.clone();
-        let mut tasks = Vec::new();
-        for p in slot.spec.ports.iter().flatten() {
-            let Some(hp) = p
-                .host_port
-                .and_then(|h| u16::try_from(h).ok())
-                .filter(|h| *h > 0)
-            else {
-                continue;
-            };
-            if p.protocol.as_deref().is_some_and(|x| x != "TCP") {
-                continue;
-            }
-            let Ok(cp) = u16::try_from(p.container_port) else {
-                continue;
-            };
-            let ip = p
-                .host_ip
-                .as_deref()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            match crate::hostports::forward(SocketAddr::new(ip, hp), netns.clone(), cp).await {
-                Ok(t) => tasks.push(t),
-                Err(e) => self.ctx.recorder.warning(
-                    &self.object(),
-                    "FailedHostPort",
-                    format!("hostPort {hp} of container {name}: {e}"),
-                ),
-            }
-        }
-        self.proxies.insert(name, tasks);
     }
 
     /// The log file of a container instance.
@@ -1316,11 +1288,7 @@ impl Worker {
             let _ = runner.remove(id).await;
         });
         futures::future::join_all(stops).await;
-        for (_, tasks) in self.proxies.drain() {
-            for t in tasks {
-                t.abort();
-            }
-        }
+
         let sandboxes = self.ctx.sandboxes.clone();
         let uid = self.uid.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sandboxes.destroy(&uid)).await {

@@ -13,6 +13,7 @@
 //!            /exit.json      how it ended (written by the shim)
 //! ```
 
+pub mod ports;
 pub mod shim;
 pub mod spec;
 

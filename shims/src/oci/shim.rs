@@ -175,6 +175,7 @@ fn start(
     config.save(dir.join("config.json")).map_err(internal)?;
 
     let log = LogWriter::open(&spec.log).map_err(|e| cannot_run(format!("log file: {e}")))?;
+    let ports = crate::oci::ports::bind(&oci.host_ports).map_err(cannot_run)?;
     let (out_r, out_w) = std::io::pipe().map_err(internal)?;
     let (err_r, err_w) = std::io::pipe().map_err(internal)?;
     let devnull = File::open("/dev/null").map_err(internal)?;
@@ -199,6 +200,13 @@ fn start(
     container
         .start()
         .map_err(|e| cannot_run(format!("starting the container: {e}")))?;
+    // Threads only from here on: the container is created.
+    if let Err(e) = crate::oci::ports::serve(ports, &oci.netns) {
+        if let Ok(kill) = libcontainer::signal::Signal::try_from("SIGKILL") {
+            let _ = container.kill(kill, true);
+        }
+        return Err(cannot_run(e));
+    }
     let init_pid = container
         .pid()
         .map(|p| p.as_raw())

@@ -341,6 +341,7 @@ mod tests {
                 capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             },
+            host_ports: vec![],
         };
         let mut s = ContainerSpec {
             id: "u/web".into(),
