@@ -3,6 +3,8 @@
 #
 #   hello-http-c.wasm    wasi:http/proxy component in C (light: for host overhead benchmarks)
 #   hello-http-py.wasm   wasi:http/proxy component in Python, componentize-py (heavy, ~18 MB)
+#   front-py.wasm        wasi:http/proxy component in Python that fetches from its pod's
+#                        sidecar on localhost (the mixed-pod example)
 #   job.wasm             WASI preview-1 command module in C
 #   job.component.wasm   the same job as a wasi:cli/command component
 #
@@ -216,23 +218,29 @@ else
   install_output hello-http-c.wasm "$WORK/hello-http-c.wasm" "$key"
 fi
 
-# hello-http-py: componentize-py against the host's own WIT (no --stub-wasi: it would trap).
-HP="$EX/hello-http-py"
+# Python components: componentize-py against the host's own WIT (no --stub-wasi: it would
+# trap).
 wit_files=()
 while IFS= read -r f; do wit_files+=("$f"); done < <(find "$WIT" -type f -name '*.wit' | LC_ALL=C sort)
-key=$(inputs_key "$SCRIPT" "$CPY_VERSION" "$WASM_TOOLS_VERSION" "$HP/app.py" "${wit_files[@]}")
-if up_to_date hello-http-py.wasm "$key"; then
-  skipped+=(hello-http-py.wasm)
-else
-  say "componentizing hello-http-py (Python, wasi:http/proxy@$WASI_VERSION; takes ~20 s)"
+componentize() { # NAME: examples/wasm/NAME/app.py -> NAME.wasm
+  local name=$1 dir="$EX/$1" key
+  key=$(inputs_key "$SCRIPT" "$CPY_VERSION" "$WASM_TOOLS_VERSION" "$dir/app.py" "${wit_files[@]}")
+  if up_to_date "$name.wasm" "$key"; then
+    skipped+=("$name.wasm")
+    return
+  fi
+  say "componentizing $name (Python, wasi:http/proxy@$WASI_VERSION; takes ~20 s)"
   # From a copy: componentize-py writes __pycache__ next to the sources it loads.
-  mkdir -p "$WORK/py"
-  cp "$HP/app.py" "$WORK/py/"
+  rm -rf "$WORK/py-$name"
+  mkdir -p "$WORK/py-$name"
+  cp "$dir/app.py" "$WORK/py-$name/"
   (cd "$WORK" && componentize-py -d "$WIT" -w "wasi:http/proxy@$WASI_VERSION" componentize \
-    -p "$WORK/py" app -o "$WORK/hello-http-py.wasm" >/dev/null)
-  check_component "$WORK/hello-http-py.wasm" "wasi:http/incoming-handler@$WASI_VERSION"
-  install_output hello-http-py.wasm "$WORK/hello-http-py.wasm" "$key"
-fi
+    -p "$WORK/py-$name" app -o "$WORK/$name.wasm" >/dev/null)
+  check_component "$WORK/$name.wasm" "wasi:http/incoming-handler@$WASI_VERSION"
+  install_output "$name.wasm" "$WORK/$name.wasm" "$key"
+}
+componentize hello-http-py
+componentize front-py
 
 # job: a preview-1 command module, and the same module as a wasi:cli/command component.
 JC="$EX/job-c"
@@ -261,6 +269,6 @@ fi
 ((${#skipped[@]} == 0)) || say "up to date: ${skipped[*]}"
 elapsed_ms=$((($(date +%s%N) - started) / 1000000))
 say "done in $((elapsed_ms / 1000)).$(printf '%03d' $((elapsed_ms % 1000))) s; guests in $OUT:"
-for f in hello-http-c.wasm hello-http-py.wasm job.wasm job.component.wasm; do
+for f in hello-http-c.wasm hello-http-py.wasm front-py.wasm job.wasm job.component.wasm; do
   printf '  %-20s %10s bytes\n' "$f" "$(stat -c %s "$OUT/$f")"
 done

@@ -85,7 +85,7 @@ async fn a_wasm_service_from_the_registry_serves_on_its_host_port() {
     let logs = s.kubectl_ok(&["logs", "hello"]);
     assert!(
         logs.contains(&format!(
-            "skiff: serving wasi:http on 0.0.0.0:8080 (pod), 0.0.0.0:{port} (node)"
+            "skiff: serving wasi:http on [::]:8080 (pod), 0.0.0.0:{port} (node)"
         )),
         "{logs}"
     );

@@ -103,6 +103,7 @@ fn container(f: &Fixture, name: &str, args: &[&str]) -> ContainerSpec {
         },
         limits: Limits::default(),
         http: None,
+        outgoing: None,
         oci: Some(OciOptions {
             layers: vec![busybox_rootfs()],
             cwd: "/".into(),
@@ -856,4 +857,59 @@ async fn a_killed_container_shim_restarts_its_container_by_policy() {
             .contains("shim stopped unexpectedly")
     );
     println!("serving again {back:?} after kill -9 of the container's shim");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_pod_wasm_and_containers_share_localhost() {
+    use common::pods::{apply, http_get, wait_for};
+    use k8s_openapi::api::core::v1::Pod;
+    let reg = common::Registry::start();
+    let image = push_example_image(&reg, "busybox:1");
+    let front = reg.push(&common::guest("front-py.wasm"), "front:1");
+    let s = common::Server::start_node("edge-m", &[]);
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
+    let port = common::free_port();
+    let manifest = std::fs::read_to_string(common::example("examples/containers/mixed-pod.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:5000/busybox:1", &image)
+        .replace("127.0.0.1:5000/front:1", &front)
+        .replace("hostPort: 8082", &format!("hostPort: {port}"));
+    apply(&s, &manifest);
+    let p = wait_for(&pods, "mixed", "all three running", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.len() == 3 && cs.iter().all(|c| c.ready))
+    })
+    .await;
+    let ids: Vec<String> = p
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()
+        .iter()
+        .map(|c| c.container_id.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        ids.iter().filter(|i| i.starts_with("wasm://")).count() == 1,
+        "{ids:?}"
+    );
+    assert!(
+        ids.iter().filter(|i| i.starts_with("oci://")).count() == 2,
+        "{ids:?}"
+    );
+    // Wasm → container: the front fetches the sidecar on localhost.
+    let (code, body) = http_get(port, "/").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "front got: <h1>hello from a Skiff container</h1>\n");
+    // Container → Wasm: the caller reached the front on localhost (and it the sidecar).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = s.kubectl_ok(&["logs", "mixed", "-c", "caller"]);
+        if logs.contains("caller: front got: <h1>hello from a Skiff container</h1>") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "caller logs: {logs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

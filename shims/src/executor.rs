@@ -37,6 +37,19 @@ pub struct ContainerSpec {
     /// Set for Linux containers: what the OCI executor needs beyond the above.
     #[serde(default)]
     pub oci: Option<OciOptions>,
+    /// Outgoing `wasi:http` requests a Wasm guest may make; `None` denies them all.
+    #[serde(default)]
+    pub outgoing: Option<OutgoingHttp>,
+}
+
+/// The network a Wasm guest's outgoing HTTP requests use: its pod's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingHttp {
+    /// The pod's network namespace; connections are made from inside it.
+    pub netns: PathBuf,
+    /// Hosts besides the pod's loopback that requests may go to.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What a Linux container needs besides argv, env, mounts, logs and limits.

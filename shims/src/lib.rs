@@ -36,7 +36,7 @@ pub mod wasm;
 pub use executor::{
     Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent,
     ExitReason, ExitStatus, HttpSpec, Limits, Listener, LogSpec, Mount, OciOptions, OciSecurity,
-    OciUser, WorkloadKind,
+    OciUser, OutgoingHttp, WorkloadKind,
 };
 
 /// Any failure of this crate.

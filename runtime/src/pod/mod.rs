@@ -47,6 +47,9 @@ const PULL_BACKOFF: (Duration, Duration) = (Duration::from_secs(10), Duration::f
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pod annotation overriding the request deadline (`500ms`, `30s`, `2m`).
 pub const REQUEST_TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout";
+/// Pod annotation listing the hosts (comma-separated) its Wasm containers' outgoing HTTP
+/// requests may go to besides the pod's own localhost.
+pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-outgoing-hosts";
 /// Port a `wasi:http` component listens on inside its pod when it declares none.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
@@ -148,6 +151,16 @@ impl Slot {
             reason: reason.into(),
             message: message.into(),
         };
+    }
+}
+
+/// Where a Wasm service listens inside its pod: every address, IPv6 and IPv4 alike when
+/// the kernel has IPv6 (`localhost` may resolve to `::1` for the pod's other containers).
+fn pod_any() -> IpAddr {
+    if std::path::Path::new("/proc/net/if_inet6").exists() {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 }
 
@@ -862,7 +875,7 @@ impl Worker {
                 continue;
             };
             listeners.push(Listener {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                addr: SocketAddr::new(pod_any(), port),
                 netns: netns.clone(),
             });
             if let Some(hp) = p
@@ -883,7 +896,7 @@ impl Worker {
         }
         if listeners.is_empty() {
             listeners.push(Listener {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_HTTP_PORT),
+                addr: SocketAddr::new(pod_any(), DEFAULT_HTTP_PORT),
                 netns,
             });
         }
@@ -959,6 +972,24 @@ impl Worker {
         cspec.artifact.path = wasm.path.clone();
         cspec.artifact.digest = wasm.digest.clone();
         cspec.http = Some(self.http_spec(spec));
+        // Outgoing HTTP goes out from the pod's namespace: to its own containers on
+        // localhost, and to the hosts the pod lists.
+        cspec.outgoing = self.sandbox.as_ref().map(|sb| skiff_shims::OutgoingHttp {
+            netns: sb.netns.clone(),
+            allowed_hosts: self
+                .pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ALLOWED_HOSTS_ANNOTATION))
+                .map(|v| {
+                    v.split(',')
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
     }
 
     /// Completes `cspec` for a Linux container: its image's layers and config merged with
@@ -1168,6 +1199,7 @@ impl Worker {
             },
             http: None,
             oci: None,
+            outgoing: None,
         };
         let prepared = match &artifact.content {
             ArtifactContent::Wasm(w) => {

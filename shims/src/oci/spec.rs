@@ -359,6 +359,7 @@ mod tests {
             limits: Limits::default(),
             http: None,
             oci: None,
+            outgoing: None,
         };
         f(&mut s, &mut oci);
         s.oci = Some(oci);

@@ -25,7 +25,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use super::guest::{self, CpuBudget, DenyOutgoing, Guard, P2State};
+use super::guest::{self, CpuBudget, Guard, P2State};
+use super::outgoing::Outgoing;
 use crate::executor::{ContainerSpec, EXIT_KILLED, ExitReason, ExitStatus};
 use crate::logs::{LogWriter, Stream};
 
@@ -57,7 +58,7 @@ impl Service {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: DenyOutgoing,
+            hooks: Outgoing(self.spec.outgoing.clone().map(Arc::new)),
             guard: Guard::new(self.spec.limits.memory_bytes, self.cpu.clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);

@@ -13,6 +13,7 @@ mod engine;
 mod guest;
 mod http;
 mod netns;
+mod outgoing;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,7 +34,8 @@ use crate::executor::{
 };
 use crate::logs::{LogWriter, Stream};
 use engine::{CompileCache, Compiled};
-use guest::{CpuBudget, DenyOutgoing, Guard, P1State, P2State};
+use guest::{CpuBudget, Guard, P1State, P2State};
+use outgoing::Outgoing;
 
 /// Errors of the Wasm executor.
 #[derive(Debug, thiserror::Error)]
@@ -541,7 +543,7 @@ async fn run_command(
         wasi,
         http: wasmtime_wasi_http::WasiHttpCtx::new(),
         table: wasmtime::component::ResourceTable::new(),
-        hooks: DenyOutgoing,
+        hooks: Outgoing(spec.outgoing.clone().map(Arc::new)),
         guard: Guard::new(spec.limits.memory_bytes, cpu),
     };
     let mut store = Store::new(pre.engine(), state);

@@ -75,6 +75,7 @@ impl Node {
             limits: Limits::default(),
             http: None,
             oci: None,
+            outgoing: None,
         }
     }
 
