@@ -7,6 +7,7 @@ pub mod container;
 pub mod env;
 pub mod logs;
 pub mod objects;
+pub mod probes;
 pub mod status;
 pub mod volumes;
 
@@ -95,6 +96,17 @@ pub enum Msg {
         /// Ids of the containers the host that now runs still has running.
         alive: Arc<HashSet<String>>,
     },
+    /// A probe check finished.
+    Probe {
+        /// The slot.
+        slot: usize,
+        /// The probe of that slot.
+        probe: usize,
+        /// The instance it checked.
+        instance: i32,
+        /// Its result.
+        result: Result<(), String>,
+    },
 }
 
 /// The worker's handle, kept by the agent.
@@ -124,6 +136,18 @@ struct Slot {
     final_: bool,
     /// The executor its current (or last) instance runs on.
     runtime: Option<Runtime>,
+    /// Its probes, armed while an instance runs.
+    probes: Vec<ProbeRun>,
+    /// The startup probe passed (or there is none): the others may run.
+    startup_done: bool,
+}
+
+/// One probe of a running instance.
+struct ProbeRun {
+    spec: probes::ProbeSpec,
+    tracker: probes::Tracker,
+    next_at: Instant,
+    in_flight: bool,
 }
 
 impl Slot {
@@ -139,6 +163,8 @@ impl Slot {
             instances: 0,
             final_: false,
             runtime: None,
+            probes: Vec::new(),
+            startup_done: true,
         }
     }
 
@@ -161,6 +187,15 @@ fn pod_any() -> IpAddr {
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
     } else {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+/// The executor for `runtime` (the Wasm host if the node has no OCI executor, which
+/// [`Worker::runtime_for`] never lets a container ask for).
+fn runner_of(ctx: &Ctx, runtime: Runtime) -> Runner<'_> {
+    match (runtime, &ctx.oci) {
+        (Runtime::Oci, Ok(oci)) => Runner::Oci(oci),
+        _ => Runner::Wasm(&ctx.host),
     }
 }
 
@@ -222,6 +257,8 @@ fn quantity_u64(
 /// The pod worker.
 pub struct Worker {
     ctx: Arc<Ctx>,
+    /// To send itself probe results.
+    self_tx: mpsc::UnboundedSender<Msg>,
     pod_rx: watch::Receiver<Arc<Pod>>,
     msgs: mpsc::UnboundedReceiver<Msg>,
     pod: Arc<Pod>,
@@ -265,6 +302,7 @@ impl Worker {
             .map_or_else(jiff::Timestamp::now, |t| t.0);
         let mut w = Worker {
             ctx,
+            self_tx: msg_tx.clone(),
             pod_rx,
             msgs,
             uid: md.uid.clone().unwrap_or_default(),
@@ -375,12 +413,10 @@ impl Worker {
         if initialized {
             self.init_done = true;
         }
-        let adopted = self
-            .ctx
-            .adopted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for slot in &mut self.slots {
+        let ctx = self.ctx.clone();
+        let adopted = ctx.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rearm = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
             let id = container_id(&self.uid, &slot.spec.name);
             if let Some(p) = prev.get(&slot.spec.name) {
                 slot.st.restart_count = p.restart_count;
@@ -441,6 +477,8 @@ impl Worker {
                             started_at: *started_at,
                         };
                         slot.started = Some(Instant::now());
+                        // Readiness stays what it was until a probe says otherwise.
+                        rearm.push((i, prev.get(&slot.spec.name).map(|p| p.ready)));
                         tracing::info!(pod = %self.name, container = %slot.spec.name, "re-adopted a running container");
                         self.ctx.recorder.normal(
                             &ObjectRef::pod(&self.ns, &self.name, &self.uid),
@@ -455,11 +493,150 @@ impl Worker {
                 }
             }
         }
+        drop(adopted);
+        for (i, ready) in rearm {
+            self.arm_probes(i, ready);
+        }
         if self.done {
             for slot in &mut self.slots {
                 slot.final_ = true;
             }
         }
+    }
+
+    /// Arms the probes of slot `i`'s new (or adopted) instance; `ready` is its readiness
+    /// until the readiness probe decides (not ready, for a new instance).
+    fn arm_probes(&mut self, i: usize, ready: Option<bool>) {
+        let object = self.object();
+        let slot = &mut self.slots[i];
+        let specs = match probes::probes(&slot.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.recorder.warning(&object, "ProbeError", e);
+                Vec::new()
+            }
+        };
+        let now = Instant::now();
+        slot.probes.clear();
+        for spec in specs {
+            if let probes::Action::Unsupported(what) = spec.action {
+                self.ctx.recorder.warning(
+                    &object,
+                    "ProbeUnsupported",
+                    format!(
+                        "{} probe of container {} uses {what}, which this node does not run yet; it is ignored",
+                        spec.kind.as_str(),
+                        slot.spec.name
+                    ),
+                );
+                continue;
+            }
+            slot.probes.push(ProbeRun {
+                next_at: now + spec.initial_delay,
+                spec,
+                tracker: probes::Tracker::default(),
+                in_flight: false,
+            });
+        }
+        let has = |k| slot.probes.iter().any(|p| p.spec.kind == k);
+        slot.startup_done = !has(probes::Kind::Startup);
+        slot.st.probe_ready = has(probes::Kind::Readiness).then(|| ready.unwrap_or(false));
+    }
+
+    /// Starts the checks that are due.
+    fn run_due_probes(&mut self) {
+        let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.st.running() {
+                continue;
+            }
+            let startup_done = slot.startup_done;
+            for (j, p) in slot.probes.iter_mut().enumerate() {
+                let gated = !startup_done && p.spec.kind != probes::Kind::Startup;
+                if p.in_flight || p.next_at > now || gated {
+                    continue;
+                }
+                p.in_flight = true;
+                p.next_at = now + p.spec.period;
+                let (action, timeout, netns) =
+                    (p.spec.action.clone(), p.spec.timeout, netns.clone());
+                let (tx, instance) = (self.self_tx.clone(), slot.instances);
+                tokio::spawn(async move {
+                    let result = probes::check(&action, &netns, timeout).await;
+                    let _ = tx.send(Msg::Probe {
+                        slot: i,
+                        probe: j,
+                        instance,
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    /// A probe check finished: count it, and act on a verdict.
+    fn probed(&mut self, i: usize, j: usize, instance: i32, result: Result<(), String>) {
+        let object = self.object();
+        let grace = self.grace();
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if slot.instances != instance || !slot.st.running() {
+            return;
+        }
+        let Some(p) = slot.probes.get_mut(j) else {
+            return;
+        };
+        p.in_flight = false;
+        let kind = p.spec.kind;
+        let verdict = p.tracker.record(&p.spec, result.is_ok());
+        if let Err(e) = &result {
+            self.ctx.recorder.warning(
+                &object,
+                "Unhealthy",
+                format!("{} probe failed: {e}", kind.as_str()),
+            );
+        }
+        match (kind, verdict) {
+            (probes::Kind::Readiness, probes::Verdict::Passing) => slot.st.probe_ready = Some(true),
+            (probes::Kind::Readiness, probes::Verdict::Failing) => {
+                slot.st.probe_ready = Some(false)
+            }
+            (probes::Kind::Startup, probes::Verdict::Passing) => slot.startup_done = true,
+            (probes::Kind::Liveness | probes::Kind::Startup, probes::Verdict::Failing) => {
+                // Restarted per policy when its exit arrives.
+                slot.probes.clear();
+                let name = slot.spec.name.clone();
+                self.ctx.recorder.normal(
+                    &object,
+                    "Killing",
+                    format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.as_str().to_lowercase()
+                    ),
+                );
+                let id = container_id(&self.uid, &name);
+                let (ctx, runtime) = (self.ctx.clone(), slot.runtime.unwrap_or(Runtime::Wasm));
+                tokio::spawn(async move {
+                    let _ = runner_of(&ctx, runtime).stop(&id, grace).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The pod's termination grace period.
+    fn grace(&self) -> Duration {
+        let s = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(s.max(0) as u64)
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -468,6 +645,12 @@ impl Worker {
             .iter()
             .filter(|s| !s.final_ && !s.st.running())
             .filter_map(|s| s.retry_at)
+            .chain(
+                self.slots
+                    .iter()
+                    .filter(|s| s.st.running())
+                    .flat_map(|s| s.probes.iter().filter(|p| !p.in_flight).map(|p| p.next_at)),
+            )
             .chain(self.sandbox_retry)
             .chain(self.token_refresh)
             .chain(self.publish_retry)
@@ -477,6 +660,12 @@ impl Worker {
 
     async fn on_msg(&mut self, m: Msg) {
         match m {
+            Msg::Probe {
+                slot,
+                probe,
+                instance,
+                result,
+            } => self.probed(slot, probe, instance, result),
             Msg::Exited(ev) => {
                 let Some(i) = self
                     .slots
@@ -629,6 +818,7 @@ impl Worker {
             }
             self.start(i).await;
         }
+        self.run_due_probes();
         let all_final = self.slots.iter().filter(|s| !s.init).all(|s| s.final_);
         if all_final {
             self.finish().await;
@@ -919,10 +1109,7 @@ impl Worker {
     /// The executor for `runtime`. The OCI one exists whenever a slot was given
     /// [`Runtime::Oci`] ([`Worker::runtime_for`] checks).
     fn runner(&self, runtime: Runtime) -> Runner<'_> {
-        match (runtime, &self.ctx.oci) {
-            (Runtime::Oci, Ok(oci)) => Runner::Oci(oci),
-            _ => Runner::Wasm(&self.ctx.host),
-        }
+        runner_of(&self.ctx, runtime)
     }
 
     /// Which executor runs this artifact under the pod's RuntimeClass handler, or why none.
@@ -1237,6 +1424,7 @@ impl Worker {
                     "Started",
                     format!("Started container {}", spec.name),
                 );
+                self.arm_probes(i, None);
                 if let ContainerState::Exited {
                     status,
                     finished_at,

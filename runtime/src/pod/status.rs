@@ -60,6 +60,8 @@ pub struct Container {
     pub last: Option<Ended>,
     /// Container id of the running instance.
     pub container_id: String,
+    /// The readiness probe's verdict; `None` when it has none (ready while running).
+    pub probe_ready: Option<bool>,
 }
 
 impl Container {
@@ -76,7 +78,13 @@ impl Container {
             },
             last: None,
             container_id: String::new(),
+            probe_ready: None,
         }
+    }
+
+    /// Running, and its readiness probe (if any) passes.
+    pub fn ready(&self) -> bool {
+        self.running() && self.probe_ready.unwrap_or(true)
     }
 
     /// Running now.
@@ -128,7 +136,7 @@ pub fn container_status(c: &Container) -> ContainerStatus {
         image: c.image.clone(),
         image_id: c.image_id.clone(),
         container_id: Some(c.container_id.clone()).filter(|s| !s.is_empty()),
-        ready: c.running(),
+        ready: c.ready(),
         started: Some(c.running()),
         restart_count: c.restart_count,
         state: Some(state),
@@ -214,7 +222,7 @@ pub struct Snapshot<'a> {
 pub fn pod_status(s: &Snapshot<'_>) -> PodStatus {
     let phase = pod_phase(s.init, s.init_done, s.containers, s.restart_policy);
     let now = Time(jiff::Timestamp::now());
-    let all_running = !s.containers.is_empty() && s.containers.iter().all(Container::running);
+    let all_running = !s.containers.is_empty() && s.containers.iter().all(Container::ready);
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let not_ready_reason = if terminal {
         "PodCompleted"

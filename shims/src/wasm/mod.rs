@@ -12,7 +12,7 @@
 mod engine;
 mod guest;
 mod http;
-mod netns;
+pub mod netns;
 mod outgoing;
 
 use std::collections::{HashMap, HashSet};

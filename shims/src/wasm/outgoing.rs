@@ -5,7 +5,6 @@
 //! node's. Only plain HTTP: TLS to a sidecar on loopback buys nothing.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http_body_util::BodyExt as _;
@@ -84,7 +83,7 @@ async fn send(
     let timeout = options
         .and_then(|o| o.connect_timeout)
         .unwrap_or(std::time::Duration::from_secs(30));
-    let stream = tokio::time::timeout(timeout, connect_in(&net.netns, addr))
+    let stream = tokio::time::timeout(timeout, super::netns::connect_in(&net.netns, addr))
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?
         .map_err(|_| HttpError::ConnectionRefused)?;
@@ -109,29 +108,6 @@ async fn send(
         }
     });
     Ok((response, io))
-}
-
-/// A connection to `addr` from inside `netns`: the socket is made on a thread that joined
-/// the namespace (a socket stays in its creator's namespace), then connected from tokio.
-async fn connect_in(netns: &Path, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let netns: PathBuf = netns.to_path_buf();
-    let v6 = addr.is_ipv6();
-    let socket = std::thread::Builder::new()
-        .name("netns-socket".into())
-        .spawn(move || -> std::io::Result<tokio::net::TcpSocket> {
-            let ns = std::fs::File::open(&netns)?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                std::io::Error::other(format!("setns into {}: {e}", netns.display()))
-            })?;
-            if v6 {
-                tokio::net::TcpSocket::new_v6()
-            } else {
-                tokio::net::TcpSocket::new_v4()
-            }
-        })?
-        .join()
-        .map_err(|_| std::io::Error::other("network namespace helper thread panicked"))??;
-    socket.connect(addr).await
 }
 
 #[cfg(test)]

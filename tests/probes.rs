@@ -1,0 +1,116 @@
+//! Probes for Wasm and container pods alike, through the real binary: a readiness probe
+//! that fails keeps the pod out of Ready, one that passes lets it in; a failing liveness
+//! probe restarts the container.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::pods::{apply, running, status, wait_event, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+/// `runtime`: `wasm` or `oci`; `probe`: YAML at 4 spaces.
+fn pod(name: &str, runtime: &str, image: &str, probe: &str) -> String {
+    let command = if runtime == "oci" {
+        "    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p 8080 -h /var/www & wait\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: {runtime}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {image}\n{command}    ports:\n    - {{name: http, containerPort: 8080}}\n{probe}"
+    )
+}
+
+fn ready_condition(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_liveness_probes_for_wasm_and_containers() {
+    let reg = common::Registry::start();
+    let wasm = reg.push(&common::guest("hello-http-c.wasm"), "hello:c");
+    let out = std::process::Command::new(common::example("examples/containers/build-image.sh"))
+        .arg(reg.reference("busybox:1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let oci = reg.reference("busybox:1");
+    let s = common::Server::start_node("edge-p", &[]);
+    let client = common::kube_client(&s).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let fast = "      periodSeconds: 1\n      failureThreshold: 1\n";
+    let ready_http = |path: &str| {
+        format!("    readinessProbe:\n      httpGet: {{path: {path}, port: http}}\n{fast}")
+    };
+    let live_tcp = format!("    livenessProbe:\n      tcpSocket: {{port: 9999}}\n{fast}");
+    let unready_tcp = format!("    readinessProbe:\n      tcpSocket: {{port: 9999}}\n{fast}");
+    apply(
+        &s,
+        &[
+            pod("wasm-ready", "wasm", &wasm, &ready_http("/")),
+            pod("wasm-unready", "wasm", &wasm, &unready_tcp),
+            pod("wasm-live", "wasm", &wasm, &live_tcp),
+            pod("oci-ready", "oci", &oci, &ready_http("/index.html")),
+            pod("oci-unready", "oci", &oci, &ready_http("/missing")),
+            pod("oci-live", "oci", &oci, &live_tcp),
+        ]
+        .join("---\n"),
+    );
+    for name in ["wasm-ready", "oci-ready"] {
+        let p = wait_for(&pods, name, "Ready", running).await;
+        assert_eq!(ready_condition(&p).as_deref(), Some("True"), "{name}");
+    }
+    for (name, why) in [
+        ("wasm-unready", "dial tcp 127.0.0.1:9999"),
+        ("oci-unready", "statuscode: 404"),
+    ] {
+        wait_event(&client, name, "Unhealthy").await;
+        // Written after the failure was seen: running, but not ready.
+        let p = wait_for(&pods, name, "running, not ready", |p| {
+            status(Some(p)).is_some_and(|c| c.state.and_then(|s| s.running).is_some() && !c.ready)
+        })
+        .await;
+        assert_eq!(ready_condition(&p).as_deref(), Some("False"), "{name}");
+        let events = s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason=Unhealthy"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        assert!(
+            events.contains("Readiness probe failed: ") && events.contains(why),
+            "{name}: {events}"
+        );
+    }
+    for name in ["wasm-live", "oci-live"] {
+        let p = wait_for(&pods, name, "restarted by its liveness probe", |p| {
+            status(Some(p)).is_some_and(|c| c.restart_count >= 1)
+        })
+        .await;
+        let events = s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason=Killing"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        assert!(
+            events.contains("failed liveness probe, will be restarted"),
+            "{name}: {events} {:?}",
+            p.status
+        );
+    }
+}
