@@ -1,0 +1,145 @@
+//! The pod worker's side of probes: arming them for each instance, running the checks
+//! that are due, and acting on their verdicts (see [`super::probes`]).
+
+use super::specs::runner_of;
+use super::{Msg, ProbeRun, Worker, container_id, probes};
+use crate::executors::Runtime;
+use skiff_shims::Executor;
+use std::time::{Duration, Instant};
+
+impl Worker {
+    /// Arms the probes of slot `i`'s new (or adopted) instance; `ready` is its readiness
+    /// until the readiness probe decides (not ready, for a new instance).
+    pub(super) fn arm_probes(&mut self, i: usize, ready: Option<bool>) {
+        let object = self.object();
+        let slot = &mut self.slots[i];
+        let specs = match probes::probes(&slot.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.recorder.warning(&object, "ProbeError", e);
+                Vec::new()
+            }
+        };
+        let now = Instant::now();
+        slot.probes.clear();
+        for spec in specs {
+            if let probes::Action::Unsupported(what) = spec.action {
+                self.ctx.recorder.warning(
+                    &object,
+                    "ProbeUnsupported",
+                    format!(
+                        "{} probe of container {} uses {what}, which this node does not run yet; it is ignored",
+                        spec.kind.as_str(),
+                        slot.spec.name
+                    ),
+                );
+                continue;
+            }
+            slot.probes.push(ProbeRun {
+                next_at: now + spec.initial_delay,
+                spec,
+                tracker: probes::Tracker::default(),
+                in_flight: false,
+            });
+        }
+        let has = |k| slot.probes.iter().any(|p| p.spec.kind == k);
+        slot.startup_done = !has(probes::Kind::Startup);
+        slot.st.probe_ready = has(probes::Kind::Readiness).then(|| ready.unwrap_or(false));
+    }
+
+    /// Starts the checks that are due.
+    pub(super) fn run_due_probes(&mut self) {
+        let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.st.running() {
+                continue;
+            }
+            let startup_done = slot.startup_done;
+            for (j, p) in slot.probes.iter_mut().enumerate() {
+                let gated = !startup_done && p.spec.kind != probes::Kind::Startup;
+                if p.in_flight || p.next_at > now || gated {
+                    continue;
+                }
+                p.in_flight = true;
+                p.next_at = now + p.spec.period;
+                let (action, timeout, netns) =
+                    (p.spec.action.clone(), p.spec.timeout, netns.clone());
+                let (tx, instance) = (self.self_tx.clone(), slot.instances);
+                tokio::spawn(async move {
+                    let result = probes::check(&action, &netns, timeout).await;
+                    let _ = tx.send(Msg::Probe {
+                        slot: i,
+                        probe: j,
+                        instance,
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    /// A probe check finished: count it, and act on a verdict.
+    pub(super) fn probed(&mut self, i: usize, j: usize, instance: i32, result: Result<(), String>) {
+        let object = self.object();
+        let grace = self.grace();
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if slot.instances != instance || !slot.st.running() {
+            return;
+        }
+        let Some(p) = slot.probes.get_mut(j) else {
+            return;
+        };
+        p.in_flight = false;
+        let kind = p.spec.kind;
+        let verdict = p.tracker.record(&p.spec, result.is_ok());
+        if let Err(e) = &result {
+            self.ctx.recorder.warning(
+                &object,
+                "Unhealthy",
+                format!("{} probe failed: {e}", kind.as_str()),
+            );
+        }
+        match (kind, verdict) {
+            (probes::Kind::Readiness, probes::Verdict::Passing) => slot.st.probe_ready = Some(true),
+            (probes::Kind::Readiness, probes::Verdict::Failing) => {
+                slot.st.probe_ready = Some(false)
+            }
+            (probes::Kind::Startup, probes::Verdict::Passing) => slot.startup_done = true,
+            (probes::Kind::Liveness | probes::Kind::Startup, probes::Verdict::Failing) => {
+                // Restarted per policy when its exit arrives.
+                slot.probes.clear();
+                let name = slot.spec.name.clone();
+                self.ctx.recorder.normal(
+                    &object,
+                    "Killing",
+                    format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.as_str().to_lowercase()
+                    ),
+                );
+                let id = container_id(&self.uid, &name);
+                let (ctx, runtime) = (self.ctx.clone(), slot.runtime.unwrap_or(Runtime::Wasm));
+                tokio::spawn(async move {
+                    let _ = runner_of(&ctx, runtime).stop(&id, grace).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The pod's termination grace period.
+    pub(super) fn grace(&self) -> Duration {
+        let s = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(s.max(0) as u64)
+    }
+}
