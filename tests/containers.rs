@@ -37,6 +37,7 @@ struct Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        common::kill_containers(&self.dir.join("oci"));
         let _ = std::process::Command::new("ip")
             .args(["netns", "delete", &self.netns])
             .status();

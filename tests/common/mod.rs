@@ -378,11 +378,46 @@ fn kill_node_leftovers(agent_dir: &Path) {
     {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
+    // Containers outlive the agent too: end them, their shims and what they hold.
+    kill_containers(&agent_dir.join("containers"));
     if let Ok(pods) = std::fs::read_dir(agent_dir.join("pods")) {
         for p in pods.flatten() {
-            let ns = format!("skiff-{}", p.file_name().to_string_lossy());
+            let uid = p.file_name().to_string_lossy().into_owned();
+            let ns = format!("skiff-{uid}");
             let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(h.path().join("skiff").join(format!("pod-{uid}")));
+            }
         }
+    }
+}
+
+/// Ends every container of the OCI executor's bundles under `dir`: its init (and so its
+/// pid namespace), its shim, then the shim's own clean-up (mounts, cgroups).
+pub fn kill_containers(dir: &Path) {
+    let Ok(bundles) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for b in bundles.flatten() {
+        let started: Option<serde_json::Value> = std::fs::read(b.path().join("started.json"))
+            .ok()
+            .and_then(|s| serde_json::from_slice(&s).ok());
+        if let Some(st) = started {
+            for key in ["initPid", "shimPid"] {
+                if let Some(pid) = st[key].as_i64() {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["container-shim", "--delete"])
+            .arg(b.path())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
