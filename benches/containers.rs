@@ -229,14 +229,14 @@ async fn main() {
             Command::new("runc")
                 .args(["run", "-d", "--bundle"])
                 .arg(tmp.path())
-                .arg(format!("skiff-bench-{i}")),
+                .arg(format!("skiff-bench-{run}-{i}")),
         ));
     }
     let runc = show("(a) runc run -d (same rootfs)", lat);
     println!("(b) runc: no process per container besides the container's own");
     for i in 0..n {
         let _ = Command::new("runc")
-            .args(["delete", "--force", &format!("skiff-bench-{i}")])
+            .args(["delete", "--force", &format!("skiff-bench-{run}-{i}")])
             .output();
     }
 
@@ -262,7 +262,7 @@ async fn main() {
                 "--ulimit",
                 "nproc=1024:1024",
                 "--name",
-                &format!("skiff-bench-{i}"),
+                &format!("skiff-bench-{run}-{i}"),
                 &image,
                 "/bin/sleep",
                 "3600",
