@@ -263,13 +263,18 @@ async fn main() {
                 "nproc=1024:1024",
                 "--name",
                 &format!("skiff-bench-{run}-{i}"),
-                &image,
+                // The image's entrypoint is a shell; the pods replace it too.
+                "--entrypoint",
                 "/bin/sleep",
+                &image,
                 "3600",
             ])));
         }
         let p50 = show("(a) podman run -d --network=none (same image)", lat);
-        let conmons = pids_of("conmon");
+        let conmons = pids_of("/usr/bin/conmon");
+        let running = Command::new("podman").args(["ps", "-q"]).output().unwrap();
+        let running = String::from_utf8_lossy(&running.stdout).lines().count();
+        assert_eq!(running, n, "every podman container runs");
         println!("(b) podman: {}", per("conmon processes", &conmons));
         let _ = Command::new("podman")
             .args(["rm", "-f", "-a", "-t", "0"])
