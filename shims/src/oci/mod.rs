@@ -1,8 +1,8 @@
 //! The OCI executor: Linux containers on youki's libcontainer, behind the same
 //! [`Executor`] trait as the Wasm host.
 //!
-//! Each container has a shim ([`shim`]): a `skiff container-shim DIR` process in a session
-//! of its own that creates the container, is its parent and writes how it ended. The
+//! Each container has a shim ([`shim`]): a `skiff container-shim DIR` process, in a session
+//! of its own, that creates the container, is its parent and writes how it ended. The
 //! executor (in the agent) starts shims, watches them through pidfds (they need not be its
 //! children: a restarted agent re-adopts running containers from their bundle
 //! directories), signals containers to stop, and turns a shim's death into an exit.
@@ -294,7 +294,6 @@ impl OciExecutor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| {
             OciError::error(

@@ -1,8 +1,9 @@
-//! The container shim: one small, single-threaded process per container, the parent of
-//! its init process. It mounts the root filesystem, has libcontainer create and start the
-//! container, writes the container's output to its CRI log, waits for it, records how it
-//! ended, and cleans up. Containers so outlive the agent (the shim is in a session of its
-//! own), and libcontainer's forks happen in a process with no other threads, as it needs.
+//! The container shim: one small process per container, the parent of its init process.
+//! It mounts the root filesystem, has libcontainer create and start the container, writes
+//! the container's output to its CRI log, serves its hostPorts, waits for it, records how
+//! it ended, and cleans up. Containers so outlive the agent (the shim starts a session of
+//! its own), and libcontainer's forks happen while the shim has no other thread, as
+//! libcontainer needs (the log and port threads start once the container is created).
 //!
 //! The bundle directory it is given holds `request.json` (the [`ContainerSpec`]); the shim
 //! adds `config.json`, `rootfs/` (overlay of the layers, writable layer in `upper/`),
@@ -81,6 +82,11 @@ pub(crate) fn libcontainer_id(dir: &Path) -> String {
 /// Runs the shim for the bundle `dir` (`skiff container-shim DIR`); returns the process's
 /// exit code. Must be called before the process starts any thread.
 pub fn main(dir: &Path) -> i32 {
+    // Out of the agent's session: a signal to its terminal or process group must not
+    // reach the containers.
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("setsid: {e}");
+    }
     match start(dir) {
         Ok((started, container, logs)) => {
             say(&Started::Ok(started.clone()));
