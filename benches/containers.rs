@@ -182,16 +182,7 @@ async fn main() {
     let n = if quick { 30 } else { 100 };
     let run = std::process::id();
     let reg = Registry::start();
-    let image = reg.reference("bench/busybox:1");
-    let built = Command::new(common::example("examples/containers/build-image.sh"))
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let image = reg.push_example_image("bench/busybox:1");
     let s = Server::start_with(&[]);
     let agent = Agent::start_with(&s, "bench-oci", &["--max-pods", "500"]);
     let client = kube_client(&s).await;

@@ -293,27 +293,12 @@ async fn a_restarted_executor_adopts_running_containers_and_a_dead_shim_is_an_ex
     }
 }
 
-/// Builds the example image (examples/containers/build-image.sh) and pushes it.
-fn push_example_image(reg: &common::Registry, repo_tag: &str) -> String {
-    let reference = reg.reference(repo_tag);
-    let out = std::process::Command::new(common::example("examples/containers/build-image.sh"))
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    reference
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_deployment_from_the_readme_serves_logs_and_frees_its_port() {
     use common::pods::{apply, http_get, status, wait_gone};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let s = common::Server::start_node("edge-c", &[]);
     let port = common::free_port();
     let manifest = std::fs::read_to_string(common::example("examples/containers/deployment.yaml"))
@@ -493,7 +478,7 @@ async fn container_faults_end_in_the_right_reason_while_a_bystander_serves() {
     use common::pods::{Load, apply, running, status, terminated, wait_for, waiting};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let s = common::Server::start_node("edge-f", &["--pod-max-pids", "64"]);
     let client = common::kube_client(&s).await;
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
@@ -674,7 +659,7 @@ async fn inside_a_container_only_its_own_world_is_visible() {
     use common::pods::{apply, terminated, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let s = common::Server::start_node("edge-i", &[]);
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
     // Results are printed through variables, so they never match the command line
@@ -740,7 +725,7 @@ async fn killing_the_agent_under_load_leaves_containers_serving_and_they_are_rea
     use common::pods::{Load, apply, mark_stale, running, status, wait_event, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let s = common::Server::start_with(&[]);
     let mut agent = common::Agent::start(&s, "edge-ka");
     let client = common::kube_client(&s).await;
@@ -791,7 +776,7 @@ async fn a_killed_container_shim_restarts_its_container_by_policy() {
     use common::pods::{apply, http_get, running, status, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let s = common::Server::start_node("edge-ks", &[]);
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
     let port = common::free_port();
@@ -865,7 +850,7 @@ async fn a_mixed_pod_wasm_and_containers_share_localhost() {
     use common::pods::{apply, http_get, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
-    let image = push_example_image(&reg, "busybox:1");
+    let image = reg.push_example_image("busybox:1");
     let front = reg.push(&common::guest("front-py.wasm"), "front:1");
     let s = common::Server::start_node("edge-m", &[]);
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);

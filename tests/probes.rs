@@ -35,16 +35,7 @@ fn ready_condition(p: &Pod) -> Option<String> {
 async fn readiness_and_liveness_probes_for_wasm_and_containers() {
     let reg = common::Registry::start();
     let wasm = reg.push(&common::guest("hello-http-c.wasm"), "hello:c");
-    let out = std::process::Command::new(common::example("examples/containers/build-image.sh"))
-        .arg(reg.reference("busybox:1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let oci = reg.reference("busybox:1");
+    let oci = reg.push_example_image("busybox:1");
     let s = common::Server::start_node("edge-p", &[]);
     let client = common::kube_client(&s).await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());

@@ -512,6 +512,22 @@ impl Registry {
         self.push(&f, repo_tag)
     }
 
+    /// Builds the example container image (examples/containers/build-image.sh) and pushes
+    /// it here as `repo_tag`; panics if that fails.
+    pub fn push_example_image(&self, repo_tag: &str) -> String {
+        let reference = self.reference(repo_tag);
+        let out = Command::new(example("examples/containers/build-image.sh"))
+            .arg(&reference)
+            .output()
+            .expect("examples/containers/build-image.sh");
+        assert!(
+            out.status.success(),
+            "build-image.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+
     /// The registry's stored copy of a blob (to tamper with it).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
