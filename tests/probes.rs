@@ -72,14 +72,23 @@ async fn readiness_and_liveness_probes_for_wasm_and_containers() {
         })
         .await;
         assert_eq!(ready_condition(&p).as_deref(), Some("False"), "{name}");
-        let events = s.kubectl_ok(&[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name},reason=Unhealthy"),
-            "-o",
-            "jsonpath={.items[*].message}",
-        ]);
+        // A first check may come before the server listens (connection refused); the
+        // failure under test follows within a few periods.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let events = loop {
+            let events = s.kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={name},reason=Unhealthy"),
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            if events.contains(why) || std::time::Instant::now() > deadline {
+                break events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
         assert!(
             events.contains("Readiness probe failed: ") && events.contains(why),
             "{name}: {events}"
