@@ -7,7 +7,8 @@
 //! (a) create → Running of 100 container pods of a cached image, one after another, each
 //!     timed from the API create to the watch seeing it Running; `runc run -d` of the same
 //!     root filesystem; `podman run -d --network=none` of the same image;
-//! (b) idle cost of those 100 running containers: Skiff's shims (and the agent's growth),
+//! (b) idle cost of those 100 running containers: Skiff's shims, forked by its container
+//!     host (and the host's own and the agent's growth),
 //!     runc's (no process besides the container), podman's conmon per container;
 //! (c) mixed pods (a Wasm `wasi:http` front + a busybox sidecar) create → both Ready.
 
@@ -72,6 +73,20 @@ fn pids_of(needle: &str) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// The container host `agent` started, and the shims it forked (its children).
+fn host_and_shims(agent: u32) -> (Option<u32>, Vec<u32>) {
+    let hosts = pids_of("container-host");
+    let host = hosts
+        .iter()
+        .copied()
+        .find(|h| common::ppid(*h) == Some(agent));
+    let shims = hosts
+        .into_iter()
+        .filter(|p| host.is_some() && common::ppid(*p) == host)
+        .collect();
+    (host, shims)
 }
 
 fn sum_mem(pids: &[u32]) -> (u64, u64, u64) {
@@ -201,11 +216,15 @@ async fn main() {
 
     // (b) Skiff's idle cost: the shims of the n pods (plus the warm one), the agent's growth.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let shims = pids_of(&format!("container-shim {}", agent.dir.path().display()));
+    let (host, shims) = host_and_shims(agent.pid().unwrap_or_default());
+    let host = host.map(mem_kib).unwrap_or_default();
     let agent_after = agent.pid().map(mem_kib).unwrap_or_default();
     println!(
-        "(b) skiff: {}; agent RSS {} -> {} KiB",
+        "(b) skiff: {}; the container host (one per node) RSS {} KiB, PSS {} KiB, private {} KiB; agent RSS {} -> {} KiB",
         per("shims", &shims),
+        host.0,
+        host.1,
+        host.2,
         agent_before.0,
         agent_after.0
     );

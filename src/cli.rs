@@ -99,7 +99,11 @@ pub(crate) enum Command {
         #[arg(long)]
         keep_resident_mib: Option<u64>,
     },
-    /// Run one Linux container's shim (started by the agent; it outlives the agent).
+    /// Fork the Linux containers' shims (started by the agent, whose socket is its stdin).
+    #[command(hide = true)]
+    ContainerHost,
+    /// Run one Linux container's shim in the foreground (the container host forks them),
+    /// or clean up after one that died (`--delete`, run by the agent).
     #[command(hide = true)]
     ContainerShim {
         /// Clean up a container whose shim died, instead of running one.
@@ -107,6 +111,22 @@ pub(crate) enum Command {
         delete: bool,
         /// The container's bundle directory.
         dir: PathBuf,
+    },
+    /// Run one more process in a running Linux container (started by the agent for
+    /// `kubectl exec` and exec probes).
+    #[command(hide = true)]
+    ContainerExec {
+        /// Where to write how it ended (JSON).
+        #[arg(long)]
+        report: PathBuf,
+        /// Run with a terminal, whose master is sent to this unix socket.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// The container's bundle directory.
+        dir: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
     },
     /// Run a node agent: join a Skiff server and run the pods it places here.
     Agent {
@@ -311,6 +331,20 @@ pub(crate) struct NodeArgs {
     /// `--pod-max-pids`); a fork bomb stops there.
     #[arg(long, default_value_t = skiff_runtime::sandbox::DEFAULT_PIDS_LIMIT)]
     pub(crate) pod_max_pids: i64,
+    /// Remove images no pod of this node uses when the disk of the data directory is at
+    /// least this full (percent; 100 turns image garbage collection off).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub(crate) image_gc_high_percent: u8,
+    /// ... until it is down to this (percent).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub(crate) image_gc_low_percent: u8,
+    /// How often the disk is looked at for image garbage collection, e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub(crate) image_gc_period: std::time::Duration,
+    /// Images a container was started from more recently than this are never removed
+    /// by image garbage collection, e.g. `2m`.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub(crate) image_minimum_gc_age: std::time::Duration,
     /// Linear memory each Wasm pool slot keeps resident between requests, in MiB
     /// (default: 1/1024 of the machine's memory, at most 16). Larger is faster for guests
     /// with big heaps (Python) and keeps more memory resident after a burst; 0 gives

@@ -50,6 +50,12 @@ fn agent_config(
         labels: args.node_labels.iter().cloned().collect(),
         max_pods: args.max_pods,
         pod_max_pids: args.pod_max_pids,
+        image_gc: skiff_runtime::imagegc::Policy {
+            high_percent: args.image_gc_high_percent,
+            low_percent: args.image_gc_low_percent,
+            period: args.image_gc_period,
+            min_age: args.image_minimum_gc_age,
+        },
         wasm_keep_resident_mib: args.wasm_keep_resident_mib,
         exe: std::env::current_exe().context("finding the skiff executable")?,
         sandboxes,
@@ -146,7 +152,9 @@ async fn shutdown_signal() {
 fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // libcgroups warns about every controller the machine lacks at each stats read.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libcgroups=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -254,7 +262,9 @@ async fn push(
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        // First, before anything starts a thread: libcontainer forks this process.
+        // First, before anything starts a thread: it forks the shims, and libcontainer
+        // forks those.
+        Command::ContainerHost => std::process::exit(skiff_shims::oci::zygote::main()),
         Command::ContainerShim { delete, dir } => {
             if delete {
                 skiff_shims::oci::shim::cleanup(&dir);
@@ -263,6 +273,19 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(skiff_shims::oci::shim::main(&dir))
             }
         }
+        Command::ContainerExec {
+            report,
+            console_socket,
+            dir,
+            argv,
+        } => std::process::exit(skiff_shims::oci::exec::main(
+            &skiff_shims::oci::exec::ExecRequest {
+                dir,
+                argv,
+                console_socket,
+                report,
+            },
+        )),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())

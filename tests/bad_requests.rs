@@ -341,10 +341,18 @@ fn cases(existing_pod_rv: &str) -> Vec<Case> {
         case(
             "a subresource Skiff does not serve",
             "GET",
-            "/api/v1/namespaces/default/pods/existing/exec",
+            "/api/v1/namespaces/default/pods/existing/ephemeralcontainers",
             Value::Null,
             404,
             "could not find the requested resource",
+        ),
+        case(
+            "exec without a connection upgrade",
+            "GET",
+            "/api/v1/namespaces/default/pods/existing/exec?command=true",
+            Value::Null,
+            400,
+            "an exec takes a connection upgrade (WebSocket or SPDY/3.1)",
         ),
         Case {
             token: Tok::Missing,

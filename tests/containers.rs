@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::pods::cpod;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,7 +67,6 @@ async fn fixture() -> Fixture {
         &dir.join("oci"),
         ShimCommand {
             exe: env!("CARGO_BIN_EXE_skiff").into(),
-            args: vec!["container-shim".into()],
         },
     )
     .await
@@ -242,7 +243,6 @@ async fn a_restarted_executor_adopts_running_containers_and_a_dead_shim_is_an_ex
         &f.dir.join("oci"),
         ShimCommand {
             exe: env!("CARGO_BIN_EXE_skiff").into(),
-            args: vec!["container-shim".into()],
         },
     )
     .await
@@ -255,16 +255,7 @@ async fn a_restarted_executor_adopts_running_containers_and_a_dead_shim_is_an_ex
         "same start time"
     );
     // kill -9 of the shim: the container is killed and its end says why.
-    let started: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            f.dir
-                .join("oci")
-                .join(spec.id.replace('/', "_"))
-                .join("started.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let started = started_json(&f, &spec);
     let shim = started["shimPid"].as_i64().unwrap();
     let init = started["initPid"].as_i64().unwrap();
     std::process::Command::new("kill")
@@ -291,6 +282,56 @@ async fn a_restarted_executor_adopts_running_containers_and_a_dead_shim_is_an_ex
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn started_json(f: &Fixture, spec: &ContainerSpec) -> serde_json::Value {
+    let dir = f.dir.join("oci").join(spec.id.replace('/', "_"));
+    serde_json::from_slice(&std::fs::read(dir.join("started.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_container_host_leaves_its_shims_running_and_is_replaced() {
+    let f = fixture().await;
+    let first = container(&f, "first", &["/bin/sleep", "600"]);
+    f.ex.run(first.clone()).await.unwrap();
+    let shim = started_json(&f, &first)["shimPid"].as_u64().unwrap() as u32;
+    // The shim is a fork of the container host, not an exec of its own.
+    let host = common::ppid(shim).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{host}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("container-host"),
+        "the shim's parent is {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let shim_cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    assert_eq!(shim_cmdline, cmdline, "forked, not executed");
+
+    std::process::Command::new("kill")
+        .args(["-9", &host.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::ppid(shim) == Some(host) {
+        assert!(std::time::Instant::now() < deadline, "the host never died");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The running container did not notice.
+    let list = f.ex.list().await.unwrap();
+    assert!(
+        matches!(list[0].state, ContainerState::Running { .. }),
+        "{list:?}"
+    );
+    assert!(Path::new(&format!("/proc/{shim}")).exists());
+
+    // The next container gets a new host.
+    let second = container(&f, "second", &["/bin/sh", "-c", "exit 7"]);
+    f.ex.run(second.clone()).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), f.ex.wait(&second.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code, 7, "{status:?}");
+    f.ex.stop(&first.id, Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,12 +366,22 @@ async fn a_container_deployment_from_the_readme_serves_logs_and_frees_its_port()
     assert!(body.contains("hello from a Skiff container"), "{body}");
     let logs = s.kubectl_ok(&["logs", "deploy/web"]);
     assert!(logs.contains("ready"), "{logs}");
+    let hostname = s.kubectl_ok(&["exec", "deploy/web", "--", "cat", "/etc/hostname"]);
+    assert_eq!(hostname.trim(), name);
     // The node says it runs containers.
     let labels = s.kubectl_ok(&["get", "node", "edge-c", "-o", "jsonpath={.metadata.labels}"]);
     assert!(
         labels.contains("\"runtime.skiff.dev/oci\":\"true\""),
         "{labels}"
     );
+    let cond = s.kubectl_ok(&[
+        "get",
+        "node",
+        "edge-c",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"LinuxContainersReady\")].status}",
+    ]);
+    assert_eq!(cond, "True");
     s.kubectl_ok(&["delete", "deploy/web"]);
     wait_gone(&pods, &name).await;
     let freed = http_get(port, "/").await;
@@ -458,21 +509,6 @@ fn push_layers(
     (reference, digests)
 }
 
-/// A container pod (no runtimeClassName); `extra` goes into the container at 4 spaces,
-/// `pod_extra` into the pod spec at 2.
-fn cpod(
-    name: &str,
-    image: &str,
-    restart: &str,
-    command: &str,
-    extra: &str,
-    pod_extra: &str,
-) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 2\n{pod_extra}  containers:\n  - name: app\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", {command:?}]\n{extra}"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_faults_end_in_the_right_reason_while_a_bystander_serves() {
     use common::pods::{Load, apply, running, status, terminated, wait_for, waiting};
@@ -584,20 +620,37 @@ async fn container_faults_end_in_the_right_reason_while_a_bystander_serves() {
     })
     .await;
     let uid = pods.get("bomb").await.unwrap().metadata.uid.unwrap();
-    let pids = format!("/sys/fs/cgroup/pids/skiff/pod-{uid}/pids.current");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut peak = 0u64;
-    while std::time::Instant::now() < deadline && peak < 64 {
-        peak = peak.max(
-            std::fs::read_to_string(&pids)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
-        );
+    // The kernel keeps the pod cgroup's high-water mark (pids.peak) and counts refused
+    // forks in the pids.events of the cgroup that forked (the container's, below it).
+    let dir = Path::new("/sys/fs/cgroup/pids/skiff").join(format!("pod-{uid}"));
+    let number = |text: String, prefix: &str| -> u64 {
+        text.trim()
+            .strip_prefix(prefix)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let refused = || -> u64 {
+        let children = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+        children
+            .filter(|e| e.path().is_dir())
+            .map(|e| {
+                number(
+                    std::fs::read_to_string(e.path().join("pids.events")).unwrap_or_default(),
+                    "max ",
+                )
+            })
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && refused() == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(refused() > 0, "the bomb never ran into its pids limit");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert_eq!(read("pids.max").trim(), "64");
     assert_eq!(
-        peak, 64,
+        number(read("pids.peak"), ""),
+        64,
         "the bomb should reach the limit of 64 and stop there"
     );
     s.kubectl_ok(&["delete", "pod", "bomb", "--wait=true", "--timeout=30s"]);
@@ -722,6 +775,17 @@ fn serving(b: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_agent_under_load_leaves_containers_serving_and_they_are_readopted() {
+    agent_goes_away_under_load(false).await;
+}
+
+/// A graceful stop (SIGTERM, as `systemctl restart` sends) must not take the node's
+/// containers with it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_agent_gracefully_leaves_containers_running_and_they_are_readopted() {
+    agent_goes_away_under_load(true).await;
+}
+
+async fn agent_goes_away_under_load(graceful: bool) {
     use common::pods::{Load, apply, mark_stale, running, status, wait_event, wait_for};
     use k8s_openapi::api::core::v1::Pod;
     let reg = common::Registry::start();
@@ -751,7 +815,14 @@ async fn killing_the_agent_under_load_leaves_containers_serving_and_they_are_rea
         .started_at;
     let load = Load::start(port, 2, serving);
     // The hostPort is served by the container's shim, which outlives the agent.
-    agent.kill9();
+    if graceful {
+        assert!(
+            agent.terminate(),
+            "the agent did not exit cleanly on SIGTERM"
+        );
+    } else {
+        agent.kill9();
+    }
     mark_stale(&pods, "steady", "app", &image).await;
     agent.restart();
     wait_event(&client, "steady", "Adopted").await;
@@ -898,4 +969,21 @@ async fn a_mixed_pod_wasm_and_containers_share_localhost() {
         assert!(std::time::Instant::now() < deadline, "caller logs: {logs}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // kubectl exec into the sidecar, which fetches the Wasm service on localhost; exec
+    // into the Wasm front has nothing to run.
+    let got = s.kubectl_ok(&[
+        "exec",
+        "mixed",
+        "-c",
+        "sidecar",
+        "--",
+        "wget",
+        "-qO-",
+        "http://localhost:8080/",
+    ]);
+    assert_eq!(got, "front got: <h1>hello from a Skiff container</h1>\n");
+    let out = s.kubectl(&["exec", "mixed", "-c", "front", "--", "ls"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Wasm containers have no processes"), "{err}");
 }

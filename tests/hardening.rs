@@ -11,7 +11,6 @@ use common::{Registry, Server, guest, kube_client};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::PostParams;
-use kube::runtime::wait::await_condition;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -143,15 +142,7 @@ async fn a_secret_volume_on_the_node_is_readable_by_its_owner_only() {
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(pods.clone(), "with-secret", |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.phase.clone()).as_deref() == Some("Running")
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    common::pods::wait_for(&pods, "with-secret", "Running", common::pods::running).await;
     let uid = created.metadata.uid.unwrap();
     let vol = s.agent_dir().join("pods").join(&uid).join("volumes/creds");
     assert_eq!(mode(&s.agent_dir()), 0o700, "agent data dir");

@@ -114,3 +114,119 @@ async fn readiness_and_liveness_probes_for_wasm_and_containers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_run_in_containers_and_are_refused_for_wasm() {
+    let reg = common::Registry::start();
+    let wasm = reg.push(&common::guest("hello-http-c.wasm"), "hello:c");
+    let oci = reg.push_example_image("busybox:1");
+    let s = common::Server::start_node("edge-pe", &[]);
+    let client = common::kube_client(&s).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let exec = |kind: &str, cmd: &str, extra: &str| {
+        format!(
+            "    {kind}:\n      exec: {{command: [\"/bin/sh\", \"-c\", {cmd:?}]}}\n      periodSeconds: 1\n      failureThreshold: 1\n{extra}"
+        )
+    };
+    // The container writes /tmp/ready a moment after it starts.
+    let late_ready = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: oci-exec-ready\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: IMAGE\n    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; sleep 1; touch /tmp/ready; sleep 3600 & wait\"]\n".replace("IMAGE", &oci)
+        + &exec("readinessProbe", "cat /tmp/ready", "");
+    apply(
+        &s,
+        &[
+            late_ready,
+            pod(
+                "oci-exec-unready",
+                "oci",
+                &oci,
+                &exec("readinessProbe", "echo nope >&2; exit 2", ""),
+            ),
+            pod(
+                "oci-exec-slow",
+                "oci",
+                &oci,
+                &exec("readinessProbe", "sleep 30", "      timeoutSeconds: 1\n"),
+            ),
+            pod(
+                "oci-exec-live",
+                "oci",
+                &oci,
+                &exec("livenessProbe", "false", ""),
+            ),
+            pod(
+                "wasm-exec",
+                "wasm",
+                &wasm,
+                &exec("readinessProbe", "true", ""),
+            ),
+        ]
+        .join("---\n"),
+    );
+    let p = wait_for(&pods, "oci-exec-ready", "Ready", |p| {
+        status(Some(p)).is_some_and(|c| c.ready)
+    })
+    .await;
+    assert_eq!(ready_condition(&p).as_deref(), Some("True"));
+    for (name, why) in [
+        ("oci-exec-unready", "exited with 2: nope"),
+        ("oci-exec-slow", "timed out after 1s"),
+    ] {
+        wait_event(&client, name, "Unhealthy").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let events = loop {
+            let events = s.kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={name},reason=Unhealthy"),
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            if events.contains(why) || std::time::Instant::now() > deadline {
+                break events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert!(
+            events.contains("Readiness probe failed: ") && events.contains(why),
+            "{name}: {events}"
+        );
+        let p = pods.get(name).await.unwrap();
+        assert_eq!(ready_condition(&p).as_deref(), Some("False"), "{name}");
+    }
+    // Timed-out commands are killed, not left running: after three timeouts, at most the
+    // check in flight is there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counts = s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=oci-exec-slow,reason=Unhealthy",
+            "-o",
+            "jsonpath={.items[*].count}",
+        ]);
+        let timeouts: i64 = counts
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i64>().ok())
+            .sum();
+        if timeouts >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{counts}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let ps = s.kubectl_ok(&["exec", "oci-exec-slow", "--", "ps"]);
+    assert!(ps.matches("sleep 30").count() <= 1, "{ps}");
+    wait_for(
+        &pods,
+        "oci-exec-live",
+        "restarted by its liveness probe",
+        |p| status(Some(p)).is_some_and(|c| c.restart_count >= 1),
+    )
+    .await;
+    // Wasm: the exec probe is ignored with a warning saying why; the pod is Ready.
+    wait_event(&client, "wasm-exec", "ProbeUnsupported").await;
+    let p = wait_for(&pods, "wasm-exec", "Ready", running).await;
+    assert_eq!(ready_condition(&p).as_deref(), Some("True"));
+}

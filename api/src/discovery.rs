@@ -66,6 +66,9 @@ fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'s
         ),
         "binding" => ("Binding", "", "v1", json!(["create"])),
         "log" => ("Pod", "", "v1", json!(["get"])),
+        "exec" => ("PodExecOptions", "", "v1", json!(["create", "get"])),
+        "attach" => ("PodAttachOptions", "", "v1", json!(["create", "get"])),
+        "portforward" => ("PodPortForwardOptions", "", "v1", json!(["create", "get"])),
         "finalize" => (r.kind, r.group, r.version, json!(["update"])),
         _ => (
             r.kind,

@@ -272,33 +272,7 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<http::Response<ResponseBody>, HttpsError> {
     let addr = authority(host, port);
-    let timed_out = |what| HttpsError::Timeout {
-        what,
-        addr: addr.clone(),
-        after: timeout,
-    };
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| timed_out("connecting"))?
-        .map_err(|source| HttpsError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.to_string()).map_err(|e| HttpsError::Connect {
-        addr: addr.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-    })?;
-    let tls_stream = tokio::time::timeout(
-        timeout,
-        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| timed_out("the TLS handshake"))?
-    .map_err(|source| HttpsError::Handshake {
-        addr: addr.clone(),
-        source,
-    })?;
+    let tls_stream = connect(host, port, tls, timeout).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
         .await
         .map_err(|source| HttpsError::Http {
@@ -316,7 +290,7 @@ pub async fn send(
     }
     let resp = tokio::time::timeout(timeout, sender.send_request(req))
         .await
-        .map_err(|_| timed_out("waiting for the answer"))?
+        .map_err(|_| timed_out(&addr, "waiting for the answer", timeout))?
         .map_err(|source| HttpsError::Http {
             addr: addr.clone(),
             source,
@@ -325,6 +299,77 @@ pub async fn send(
         inner,
         _connection: guard,
     }))
+}
+
+/// Like [`send`], for a request that asks to upgrade the connection (`Upgrade:` header):
+/// the connection stays usable after a `101 Switching Protocols`, through
+/// `hyper::upgrade::on(response)`.
+pub async fn send_upgrade(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    mut req: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<http::Response<Incoming>, HttpsError> {
+    let addr = authority(host, port);
+    let tls_stream = connect(host, port, tls, timeout).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+        .await
+        .map_err(|source| HttpsError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
+    // The connection task hands the connection over on an upgrade, and ends then.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "HTTPS client connection ended with an error");
+        }
+    });
+    if let Ok(v) = http::HeaderValue::from_str(&addr) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| timed_out(&addr, "waiting for the answer", timeout))?
+        .map_err(|source| HttpsError::Http { addr, source })
+}
+
+fn timed_out(addr: &str, what: &'static str, after: Duration) -> HttpsError {
+    HttpsError::Timeout {
+        what,
+        addr: addr.to_string(),
+        after,
+    }
+}
+
+/// A TLS connection to `host:port`, within `timeout` for the TCP connect and again for
+/// the handshake.
+async fn connect(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpsError> {
+    let addr = authority(host, port);
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| timed_out(&addr, "connecting", timeout))?
+        .map_err(|source| HttpsError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_string()).map_err(|e| HttpsError::Connect {
+        addr: addr.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    tokio::time::timeout(
+        timeout,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| timed_out(&addr, "the TLS handshake", timeout))?
+    .map_err(|source| HttpsError::Handshake { addr, source })
 }
 
 /// Send `req` and read the whole answer (at most `limit` bytes).

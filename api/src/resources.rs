@@ -177,7 +177,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         &["po"],
         &["all"],
-        &["status", "binding", "log"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
         Subdomain
     ),
     res!(
@@ -189,7 +189,7 @@ pub static RESOURCES: &[Resource] = &[
         false,
         &["no"],
         &[],
-        &["status"],
+        &["status", "proxy"],
         Subdomain
     ),
     res!(

@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Processes and threads a pod may have at once.
     pub pod_max_pids: i64,
+    /// When unused images are removed.
+    pub image_gc: crate::imagegc::Policy,
     /// The `skiff` executable (to start the Wasm host).
     pub exe: PathBuf,
     /// Linear memory each Wasm pool slot keeps resident between requests, MiB (`None`:
@@ -131,6 +133,8 @@ struct NodeKeeper {
     data_dir: PathBuf,
     artifacts: ArtifactStore,
     host: Arc<wasmhost::WasmHost>,
+    /// Whether Linux containers run here, or why not.
+    linux_containers: Result<(), String>,
     last: Option<serde_json::Value>,
     last_write: Option<std::time::Instant>,
 }
@@ -139,7 +143,12 @@ impl NodeKeeper {
     async fn desired(&self) -> Node {
         let machine = Machine::read();
         let host_ok = self.host.list().await.is_ok();
-        let conds = node::conditions(&machine, node::disk_space(&self.data_dir), host_ok);
+        let conds = node::conditions(
+            &machine,
+            node::disk_space(&self.data_dir),
+            host_ok,
+            &self.linux_containers,
+        );
         node::node_object(
             &self.spec,
             &machine,
@@ -308,7 +317,18 @@ pub async fn start(
         })?;
     let logs_addr = listener.local_addr().unwrap_or(addr);
     let registry = LogRegistry::default();
-    let log_router = logserver::router(registry.clone(), cfg.logs_token.clone());
+    let log_router = logserver::router(registry.clone(), cfg.logs_token.clone())
+        .merge(crate::streams::router(crate::streams::StreamState {
+            registry: registry.clone(),
+            token: Arc::new(cfg.logs_token.clone()),
+            oci: oci.as_ref().ok().cloned(),
+        }))
+        .merge(crate::stats::router(crate::stats::StatsState {
+            node_name: cfg.node_name.clone(),
+            registry: registry.clone(),
+            token: Arc::new(cfg.logs_token.clone()),
+            rates: crate::stats::Rates::default(),
+        }));
     let http_limits = cfg.http_limits;
     let log_task = tokio::spawn(async move {
         if let Err(e) = logserver::serve(listener, &cert, log_router, http_limits).await {
@@ -334,6 +354,7 @@ pub async fn start(
         data_dir: dir.clone(),
         artifacts: artifacts.clone(),
         host: host.clone(),
+        linux_containers: oci.as_ref().map(|_| ()).map_err(Clone::clone),
         last: None,
         last_write: None,
     };
@@ -371,25 +392,40 @@ pub async fn start(
         logs: registry,
         adopted: Mutex::new(adopted),
         http_limits: cfg.http_limits,
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        node_changed: Arc::new(tokio::sync::Notify::new()),
     });
     let node_name = cfg.node_name.clone();
+    let image_gc = cfg.image_gc;
     let run = async move {
+        let changed = ctx.node_changed.clone();
         let keeper_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_RENEW);
             tick.tick().await;
             loop {
-                tick.tick().await;
-                keeper.renew_lease().await;
+                tokio::select! {
+                    _ = tick.tick() => keeper.renew_lease().await,
+                    // Something the Node reports changed (images removed): say so now.
+                    () = changed.notified() => {}
+                }
                 keeper.refresh().await;
             }
         });
+        let stopping = ctx.clone();
+        let stop = async move {
+            stop.await;
+            // Before the pod workers lose their updates (when the loop below is dropped).
+            stopping
+                .stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        };
         tokio::select! {
             _ = stop => {}
-            _ = pods_loop(ctx.clone(), node_name.clone(), exits, oci_exits) => {}
+            _ = pods_loop(ctx.clone(), node_name.clone(), exits, oci_exits, image_gc) => {}
         }
         keeper_task.abort();
         log_task.abort();
-        tracing::info!(node = %node_name, "agent stopped; workloads keep running in the Wasm host");
+        tracing::info!(node = %node_name, "agent stopped; its containers keep running (the next agent re-adopts them)");
     };
     Ok((
         Started {
@@ -411,7 +447,6 @@ async fn open_oci(
             &dir.join("containers"),
             skiff_shims::oci::ShimCommand {
                 exe: cfg.exe.clone(),
-                args: vec!["container-shim".into()],
             },
         )
         .await
@@ -429,8 +464,12 @@ async fn pods_loop(
     node_name: String,
     mut exits: tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>,
     mut oci_exits: Option<tokio::sync::broadcast::Receiver<skiff_shims::ExitEvent>>,
+    image_gc: crate::imagegc::Policy,
 ) {
     use kube::runtime::WatchStreamExt;
+    let mut gc_tick = tokio::time::interval(image_gc.period);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let gc_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut host = ctx.host.client();
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
@@ -500,6 +539,25 @@ async fn pods_loop(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => oci_exits = None,
             },
+            _ = gc_tick.tick() => {
+                use std::sync::atomic::Ordering;
+                if !gc_running.swap(true, Ordering::SeqCst) {
+                    let in_use: HashSet<String> = workers
+                        .values()
+                        .flat_map(|h| crate::imagegc::images_of(&h.pod.borrow()))
+                        .collect();
+                    let (ctx, running) = (ctx.clone(), gc_running.clone());
+                    tokio::spawn(async move {
+                        let dir = ctx.artifacts.dir().to_path_buf();
+                        let (removed, _) =
+                            crate::imagegc::collect(&ctx.artifacts, &dir, &image_gc, &in_use).await;
+                        if removed > 0 {
+                            ctx.node_changed.notify_one();
+                        }
+                        running.store(false, Ordering::SeqCst);
+                    });
+                }
+            }
             () = host.closed() => {
                 (host, exits) = reattach(&ctx).await;
                 let alive = Arc::new(running_ids(&host).await);

@@ -30,6 +30,7 @@
 //!     sandboxes: std::sync::Arc::new(LinuxSandboxes::default()),
 //!     allow_privileged: false,
 //!     pod_max_pids: 4096,
+//!     image_gc: skiff_runtime::imagegc::Policy::default(),
 //!     http_limits: Default::default(),
 //! };
 //! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;
@@ -41,8 +42,12 @@
 pub mod agent;
 pub mod artifacts;
 pub mod executors;
+pub mod imagegc;
 pub mod logserver;
+pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod sandbox;
+pub mod stats;
+pub mod streams;
 pub mod wasmhost;

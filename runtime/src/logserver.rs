@@ -107,7 +107,7 @@ struct LogState {
     token: Arc<String>,
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
+pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
@@ -120,7 +120,7 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -152,7 +152,7 @@ async fn container_logs(
             format!("pod \"{pod}\" in namespace \"{ns}\" is not running on this node"),
         );
     };
-    let Some(c) = containers.get(&container).cloned() else {
+    let Some(c) = containers.containers.get(&container).cloned() else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -245,7 +245,11 @@ async fn container_logs(
             loop {
                 let running = registry
                     .get(&ns, &pod)
-                    .and_then(|m| m.get(&container).map(|c: &ContainerLogs| c.running))
+                    .and_then(|m| {
+                        m.containers
+                            .get(&container)
+                            .map(|c: &ContainerLogs| c.running)
+                    })
                     .unwrap_or(false);
                 let text = follower.poll();
                 if !text.is_empty() {

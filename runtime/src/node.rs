@@ -118,8 +118,8 @@ fn condition(
     reason_bad: &str,
     message: &str,
 ) -> NodeCondition {
-    // Ready is good when True; the pressure conditions are good when False.
-    let good_is_true = type_ == "Ready";
+    // Ready conditions are good when True; the pressure conditions are good when False.
+    let good_is_true = type_.ends_with("Ready");
     let status = if ok == good_is_true { "True" } else { "False" };
     let now = Time(jiff::Timestamp::now());
     NodeCondition {
@@ -132,8 +132,14 @@ fn condition(
     }
 }
 
-/// The node's conditions, true to the machine.
-pub fn conditions(machine: &Machine, disk: Option<(u64, u64)>, ready: bool) -> Vec<NodeCondition> {
+/// The node's conditions, true to the machine; `linux_containers` says whether the node
+/// runs Linux containers, or why not (`LinuxContainersReady`, Skiff's own condition).
+pub fn conditions(
+    machine: &Machine,
+    disk: Option<(u64, u64)>,
+    ready: bool,
+    linux_containers: &Result<(), String>,
+) -> Vec<NodeCondition> {
     let mem_ok = machine.memory == 0
         || (machine.memory_available as f64 / machine.memory as f64) >= MEMORY_PRESSURE;
     let disk_ok =
@@ -167,6 +173,16 @@ pub fn conditions(machine: &Machine, disk: Option<(u64, u64)>, ready: bool) -> V
             "KubeletHasSufficientPID",
             "KubeletHasInsufficientPID",
             "skiff agent has sufficient PID available",
+        ),
+        condition(
+            "LinuxContainersReady",
+            linux_containers.is_ok(),
+            "LinuxContainersReady",
+            "LinuxContainersUnavailable",
+            match linux_containers {
+                Ok(()) => "this node runs Linux containers",
+                Err(why) => why,
+            },
         ),
         condition(
             "Ready",
@@ -309,7 +325,7 @@ mod tests {
             labels: BTreeMap::new(),
             max_pods: MAX_PODS,
         };
-        let conds = conditions(&machine, Some((50, 100)), true);
+        let conds = conditions(&machine, Some((50, 100)), true, &Ok(()));
         let n = node_object(&spec, &machine, conds, vec![]);
         let labels = n.metadata.labels.unwrap_or_default();
         assert_eq!(labels["runtime.skiff.dev/wasm"], "true");
@@ -330,11 +346,17 @@ mod tests {
         };
         assert_eq!(get("Ready").as_deref(), Some("True"));
         assert_eq!(get("MemoryPressure").as_deref(), Some("False"));
+        assert_eq!(get("LinuxContainersReady").as_deref(), Some("True"));
         let low = Machine {
             memory_available: 1 << 20,
             ..machine
         };
-        let conds = conditions(&low, Some((1, 100)), false);
+        let conds = conditions(
+            &low,
+            Some((1, 100)),
+            false,
+            &Err("overlayfs is not available".into()),
+        );
         let get = |t: &str| {
             conds
                 .iter()
@@ -344,5 +366,17 @@ mod tests {
         assert_eq!(get("MemoryPressure").as_deref(), Some("True"));
         assert_eq!(get("DiskPressure").as_deref(), Some("True"));
         assert_eq!(get("Ready").as_deref(), Some("False"));
+        let oci = conds
+            .iter()
+            .find(|c| c.type_ == "LinuxContainersReady")
+            .map(|c| (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()));
+        assert_eq!(
+            oci,
+            Some((
+                "False",
+                Some("LinuxContainersUnavailable"),
+                Some("overlayfs is not available")
+            ))
+        );
     }
 }

@@ -10,12 +10,11 @@
 //! needed), tested for real in the agent's end-to-end tests.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Sandbox failures; they become the pod's `FailedCreatePodSandBox` event.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// A command failed.
+    /// A step of making or removing it failed.
     #[error("{what}: {message}")]
     Command {
         /// What was attempted.
@@ -86,21 +85,6 @@ impl Default for LinuxSandboxes {
             netns_dir: PathBuf::from("/run/netns"),
             cgroup_parent: "skiff".into(),
         }
-    }
-}
-
-fn run(what: &str, cmd: &mut Command) -> Result<(), SandboxError> {
-    let out = cmd.output().map_err(|e| SandboxError::Command {
-        what: what.into(),
-        message: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::Command {
-            what: what.into(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
     }
 }
 
@@ -182,19 +166,13 @@ impl LinuxSandboxes {
 
 impl Sandboxes for LinuxSandboxes {
     fn ensure(&self, uid: &str, limits: PodLimits) -> Result<Sandbox, SandboxError> {
-        let name = Self::netns_name(uid);
-        let path = self.netns_dir.join(&name);
-        if !path.exists() {
-            run(
-                "create the pod network namespace",
-                Command::new("ip").args(["netns", "add", &name]),
-            )?;
-        }
         // Connections to 127.0.0.1 inside the pod fail until loopback is up.
-        run(
-            "bring up loopback in the pod network namespace",
-            Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]),
-        )?;
+        let path = crate::netns::add(&self.netns_dir, &Self::netns_name(uid)).map_err(|e| {
+            SandboxError::Command {
+                what: "create the pod network namespace with its loopback up".into(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Sandbox {
             netns: path,
             cgroups: self.cgroups(uid, limits),
@@ -203,13 +181,8 @@ impl Sandboxes for LinuxSandboxes {
     }
 
     fn destroy(&self, uid: &str) -> Result<(), SandboxError> {
-        let name = Self::netns_name(uid);
-        if self.netns_dir.join(&name).exists() {
-            run(
-                "delete the pod network namespace",
-                Command::new("ip").args(["netns", "delete", &name]),
-            )?;
-        }
+        let path = self.netns_dir.join(Self::netns_name(uid));
+        crate::netns::delete(&path).map_err(|source| SandboxError::Io { path, source })?;
         // Every hierarchy: libcontainer makes the container cgroups (and so the pod's
         // directory) in each v1 controller it knows, not only those limited here.
         let all = std::fs::read_dir("/sys/fs/cgroup")

@@ -318,43 +318,9 @@ async fn listener_lives_in_the_named_network_namespace() {
             "http://127.0.0.1:18089/",
         ])
         .output()
-        .await;
-    match out {
-        Ok(out) if out.status.success() => {
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
-        }
-        other => {
-            eprintln!("curl inside the namespace unavailable ({other:?}); checked isolation only")
-        }
-    }
-    node.executor.stop("pod", Duration::ZERO).await.unwrap();
-}
-
-/// Not a check, a figure: `cargo test -p skiff-shims --test http -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "throughput figure, run by hand"]
-async fn proxy_throughput_figure() {
-    let node = node();
-    let info = node
-        .executor
-        .run(proxy_spec(&node, "bench", Duration::from_secs(5)))
         .await
-        .unwrap();
-    let addr = info.listening[0];
-    let (connections, per_connection) = (4, 1000);
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        clients.push(tokio::spawn(async move {
-            let mut conn = TcpStream::connect(addr).await.unwrap();
-            for _ in 0..per_connection {
-                assert_eq!(get_on(&mut conn, "/", false).await.0, 200);
-            }
-        }));
-    }
-    for c in clients {
-        c.await.unwrap();
-    }
-    let rps = f64::from(connections * per_connection) / started.elapsed().as_secs_f64();
-    eprintln!("fresh instance per request: {rps:.0} requests/s");
+        .expect("`ip netns exec curl` could not start");
+    assert!(out.status.success(), "curl inside the namespace: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
+    node.executor.stop("pod", Duration::ZERO).await.unwrap();
 }

@@ -204,13 +204,7 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        c.wait().map(|s| s.success()).unwrap_or(false)
+        terminate_child(&mut self.child)
     }
 
     /// Start again on the same data directory and port, with these flags instead.
@@ -369,6 +363,22 @@ impl Agent {
             let _ = c.wait();
         }
     }
+
+    /// SIGTERM and wait for it to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        terminate_child(&mut self.child)
+    }
+}
+
+/// SIGTERM a child and wait for it; whether it exited successfully.
+fn terminate_child(child: &mut Option<Child>) -> bool {
+    let Some(mut c) = child.take() else {
+        return false;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    c.wait().map(|s| s.success()).unwrap_or(false)
 }
 
 fn kill_node_leftovers(agent_dir: &Path) {
@@ -426,6 +436,14 @@ impl Drop for Agent {
         self.kill9();
         kill_node_leftovers(self.dir.path());
     }
+}
+
+/// The parent of process `pid`, while it exists.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses itself.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).

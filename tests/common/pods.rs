@@ -171,3 +171,18 @@ pub async fn mark_stale(pods: &Api<Pod>, name: &str, container: &str, image: &st
     .await
     .unwrap();
 }
+
+/// A container pod (no runtimeClassName); `extra` goes into the container at 4 spaces,
+/// `pod_extra` into the pod spec at 2.
+pub fn cpod(
+    name: &str,
+    image: &str,
+    restart: &str,
+    command: &str,
+    extra: &str,
+    pod_extra: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: 2\n{pod_extra}  containers:\n  - name: app\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", {command:?}]\n{extra}"
+    )
+}

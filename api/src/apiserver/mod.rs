@@ -455,6 +455,13 @@ fn single_name(fs: &str) -> Option<String> {
 }
 
 fn verb_of(method: &Method, t: &Target, q: &Query) -> String {
+    // Streaming subresources are created, whether by a WebSocket GET or a SPDY POST (as
+    // the apiserver authorizes them since 1.35: a GET must not need less than a POST).
+    if matches!(t.sub.as_deref(), Some("exec" | "attach" | "portforward"))
+        && matches!(*method, Method::GET | Method::POST)
+    {
+        return "create".into();
+    }
     let v = match *method {
         Method::GET if t.watch_path || q.flag("watch") => "watch",
         Method::GET if t.name.is_some() => "get",

@@ -133,6 +133,96 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<Strin
     }
 }
 
+/// The `Authorization` value of the apiserver's calls to node `node`'s agent.
+fn agent_bearer(api: &Api, node: &str) -> String {
+    format!(
+        "Bearer {}",
+        api.auth
+            .node_logs_token(node, &api.node_credential_generation(node))
+    )
+}
+
+/// The pod, the node it runs on, and how to reach that node's agent (`what` says what
+/// the agent is asked for, in errors).
+fn agent_of(
+    api: &Api,
+    ns: &str,
+    name: &str,
+    what: &str,
+) -> ApiResult<(Value, String, AgentEndpoint)> {
+    let pods = kind("Pod")?;
+    let pod = parse(&api.get_kv(pods, Some(ns), name)?)?;
+    let Some(node) = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+    else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let nodes = kind("Node")?;
+    let node_obj = match api.store.get(&nodes.key(None, &node)) {
+        Some(kv) => parse(&kv)?,
+        None => {
+            return Err(ApiError::unavailable(format!(
+                "pod {name} runs on node {node}, which is not registered: no node agent to ask for {what}"
+            )));
+        }
+    };
+    let ep = AgentEndpoint::of_node(&node_obj).map_err(|e| {
+        ApiError::unavailable(format!(
+            "cannot ask the node agent of node {node} for {what} of pod {name}: {e}"
+        ))
+    })?;
+    Ok((pod, node, ep))
+}
+
+/// An agent's error answer as the caller's error: its 4xx (but 401 and 403, which are the
+/// cluster's problem) passed through, anything else 503.
+async fn agent_error(
+    code: StatusCode,
+    body: impl http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    node: &str,
+    what: &str,
+    name: &str,
+) -> ApiError {
+    let body = tokio::time::timeout(AGENT_TIMEOUT, read_limited(body, AGENT_ERROR_LIMIT))
+        .await
+        .ok()
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+    match code.as_u16() {
+        c @ (400..=499) if c != 401 && c != 403 => ApiError::passed_through(c, message),
+        c => ApiError::unavailable(format!(
+            "the node agent of node {node} answered {c} for {what} of pod {name}: {message}"
+        )),
+    }
+}
+
+async fn read_limited(
+    mut body: impl http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    limit: usize,
+) -> Bytes {
+    use http_body_util::BodyExt as _;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < limit {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    let room = limit - buf.len();
+                    buf.extend_from_slice(&d[..d.len().min(room)]);
+                }
+            }
+            _ => break,
+        }
+    }
+    buf.freeze()
+}
+
 /// `GET .../pods/NAME/log`: ask the node agent running the pod and stream its answer.
 pub(super) async fn logs(
     api: &Arc<Api>,
@@ -141,28 +231,9 @@ pub(super) async fn logs(
     query: Option<&str>,
 ) -> ApiResult<Response> {
     let opts = LogOptions::from_query(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let pods = kind("Pod")?;
-    let pod = parse(&api.get_kv(pods, Some(ns), name)?)?;
-    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    };
+    let (pod, node, ep) = agent_of(api, ns, name, "the logs")?;
+    let node = node.as_str();
     let container = container_of(&pod, name, opts.container.as_deref())?;
-    let nodes = kind("Node")?;
-    let node_obj = match api.store.get(&nodes.key(None, node)) {
-        Some(kv) => parse(&kv)?,
-        None => {
-            return Err(ApiError::unavailable(format!(
-                "pod {name} runs on node {node}, which is not registered: no node agent to ask for its logs"
-            )));
-        }
-    };
-    let ep = AgentEndpoint::of_node(&node_obj).map_err(|e| {
-        ApiError::unavailable(format!(
-            "cannot ask the node agent of node {node} for the logs of pod {name}: {e}"
-        ))
-    })?;
     let tls = https::pinned_client_config(&ep.cert_sha256).map_err(ApiError::internal)?;
     let mut path = container_logs_path(ns, name, &container);
     let q = opts.to_query();
@@ -170,14 +241,7 @@ pub(super) async fn logs(
         path = format!("{path}?{q}");
     }
     let req = http::Request::get(path)
-        .header(
-            header::AUTHORIZATION,
-            format!(
-                "Bearer {}",
-                api.auth
-                    .node_logs_token(node, &api.node_credential_generation(node))
-            ),
-        )
+        .header(header::AUTHORIZATION, agent_bearer(api, node))
         .body(Full::new(Bytes::new()))
         .map_err(ApiError::internal)?;
     let resp = https::send(&ep.host, ep.port, Arc::new(tls), req, AGENT_TIMEOUT)
@@ -203,25 +267,166 @@ pub(super) async fn logs(
         )
             .into_response());
     }
-    let body = tokio::time::timeout(
+    Err(agent_error(code, resp.into_body(), node, "the logs", name).await)
+}
+
+/// What of a node agent `nodes/NAME/proxy/PATH` reaches: its resource usage only (a
+/// kubelet's proxy reaches everything it serves, exec included, which is why
+/// `nodes/proxy` is a dangerous right; here it is not).
+const NODE_PROXY_PATHS: [&str; 1] = ["stats/summary"];
+
+/// `GET /api/v1/nodes/NAME/proxy/stats/summary`: the node agent's resource usage.
+pub(super) async fn proxy(api: &Arc<Api>, name: &str, path: &str) -> ApiResult<Response> {
+    if !NODE_PROXY_PATHS.contains(&path) {
+        return Err(ApiError::passed_through(
+            404,
+            format!(
+                "the node proxy serves only {}, not {path:?}",
+                NODE_PROXY_PATHS.join(", ")
+            ),
+        ));
+    }
+    let nodes = kind("Node")?;
+    let node_obj = parse(&api.get_kv(nodes, None, name)?)?;
+    let ep = AgentEndpoint::of_node(&node_obj).map_err(|e| {
+        ApiError::unavailable(format!("cannot reach the node agent of node {name}: {e}"))
+    })?;
+    let tls = https::pinned_client_config(&ep.cert_sha256).map_err(ApiError::internal)?;
+    let req = http::Request::get(format!("/{path}"))
+        .header(header::AUTHORIZATION, agent_bearer(api, name))
+        .body(Full::new(Bytes::new()))
+        .map_err(ApiError::internal)?;
+    let (code, body) = https::fetch(
+        &ep.host,
+        ep.port,
+        Arc::new(tls),
+        req,
         AGENT_TIMEOUT,
-        resp.into_body().read_limited(AGENT_ERROR_LIMIT),
+        16 << 20,
     )
     .await
-    .ok()
-    .and_then(Result::ok)
-    .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(String::from))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-    match code.as_u16() {
-        // The agent refusing the apiserver is the cluster's problem, not the caller's.
-        c @ (400..=499) if c != 401 && c != 403 => Err(ApiError::passed_through(c, message)),
-        c => Err(ApiError::unavailable(format!(
-            "the node agent of node {node} answered {c} for the logs of pod {name}: {message}"
-        ))),
+    .map_err(|e| {
+        ApiError::unavailable(format!(
+            "the node agent of node {name} could not be reached: {e}"
+        ))
+    })?;
+    if code != StatusCode::OK {
+        return Err(ApiError::unavailable(format!(
+            "the node agent of node {name} answered {code} for {path}"
+        )));
     }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// The headers of an upgrade that pass between the client and the agent, both ways.
+const UPGRADE_HEADERS: [&str; 7] = [
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "x-stream-protocol-version",
+];
+
+/// `pods/exec`, `pods/attach` and `pods/portforward`: the client's upgrade passed to the
+/// agent of the pod's node (pinned TLS, the node's token), and once both sides switched
+/// protocols, bytes copied between them until either ends. The agent speaks the
+/// streaming protocols; the apiserver does not look inside.
+pub(super) async fn stream(
+    api: &Arc<Api>,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let what = match sub {
+        "exec" => "an exec",
+        "attach" => "an attach",
+        _ => "a port-forward",
+    };
+    if req.headers().get(header::UPGRADE).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "{what} takes a connection upgrade (WebSocket or SPDY/3.1)"
+        )));
+    }
+    let (pod, node, ep) = agent_of(api, ns, name, what)?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    let path = match sub {
+        "portforward" => format!("/portForward/{ns}/{name}"),
+        _ => {
+            let asked = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "container")
+                .map(|(_, v)| v.into_owned());
+            let container = container_of(&pod, name, asked.as_deref())?;
+            let agent_sub = if sub == "exec" { "exec" } else { "attach" };
+            format!("/{agent_sub}/{ns}/{name}/{container}")
+        }
+    };
+    let path = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut out = http::Request::builder()
+        .method(req.method().clone())
+        .uri(path);
+    for (k, v) in req.headers() {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    let out = out
+        .header(header::AUTHORIZATION, agent_bearer(api, &node))
+        .body(Full::new(Bytes::new()))
+        .map_err(ApiError::internal)?;
+    let tls = https::pinned_client_config(&ep.cert_sha256).map_err(ApiError::internal)?;
+    let client_side = hyper::upgrade::on(&mut req);
+    let resp = https::send_upgrade(&ep.host, ep.port, Arc::new(tls), out, AGENT_TIMEOUT)
+        .await
+        .map_err(|e| {
+            tracing::warn!(node, pod = name, error = %e, "node agent unreachable for {what}");
+            ApiError::unavailable(format!(
+                "the node agent of node {node} could not be reached for {what} of pod {name}: {e}"
+            ))
+        })?;
+    let code = resp.status();
+    if code != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(agent_error(code, resp.into_body(), &node, what, name).await);
+    }
+    let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (k, v) in resp.headers() {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            answer = answer.header(k, v);
+        }
+    }
+    let mut shutdown = api.shutdown.clone();
+    let pod_name = name.to_string();
+    tokio::spawn(async move {
+        let (client, agent) = match tokio::join!(client_side, hyper::upgrade::on(resp)) {
+            (Ok(c), Ok(a)) => (c, a),
+            (c, a) => {
+                tracing::debug!(pod = %pod_name, client = c.is_ok(), agent = a.is_ok(), "a streaming upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut agent = hyper_util::rt::TokioIo::new(agent);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut agent) => {
+                if let Err(e) = r {
+                    tracing::debug!(pod = %pod_name, error = %e, "a stream ended with an error");
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    });
+    answer.body(Body::empty()).map_err(ApiError::internal)
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct Target {
     pub sub: Option<String>,
     /// Old-style `/watch/` path.
     pub watch_path: bool,
+    /// For `nodes/NAME/proxy/PATH`: the path.
+    pub proxy_path: Option<String>,
 }
 
 /// Parse a path into a route.
@@ -105,6 +107,7 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
             name: name.map(String::from),
             sub: sub.map(String::from),
             watch_path,
+            proxy_path: None,
         })
     };
     match rest {
@@ -114,6 +117,15 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
         ["namespaces", ns, plural] => t(plural, Some(ns), None, None),
         ["namespaces", ns, plural, name] => t(plural, Some(ns), Some(name), None),
         ["namespaces", ns, plural, name, sub] => t(plural, Some(ns), Some(name), Some(sub)),
+        ["nodes", name, "proxy", path @ ..] if group.is_empty() => {
+            match t("nodes", None, Some(name), Some("proxy")) {
+                Route::Resource(mut target) => {
+                    target.proxy_path = Some(path.join("/"));
+                    Route::Resource(target)
+                }
+                other => other,
+            }
+        }
         [plural] => t(plural, None, None, None),
         [plural, name] => t(plural, None, Some(name), None),
         [plural, name, sub] => t(plural, None, Some(name), Some(sub)),
@@ -248,7 +260,18 @@ mod tests {
         assert_eq!(r("/api/v1/nodes/n1"), "nodes:None:Some(\"n1\"):None");
         assert_eq!(r("/api/v1/pods/x"), "NotFound");
         assert_eq!(r("/apis/apps/v1/namespaces/d/statefulsets"), "NotFound");
-        assert_eq!(r("/api/v1/namespaces/d/pods/x/exec"), "NotFound");
+        assert_eq!(
+            r("/api/v1/namespaces/d/pods/x/exec"),
+            "pods:Some(\"d\"):Some(\"x\"):Some(\"exec\")"
+        );
+        assert_eq!(r("/api/v1/namespaces/d/pods/x/eviction"), "NotFound");
+        match route("/api/v1/nodes/n1/proxy/stats/summary") {
+            Route::Resource(t) => assert_eq!(
+                (t.name.as_deref(), t.sub.as_deref(), t.proxy_path.as_deref()),
+                (Some("n1"), Some("proxy"), Some("stats/summary"))
+            ),
+            _ => panic!("not a node proxy route"),
+        }
     }
 
     #[test]

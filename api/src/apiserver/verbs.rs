@@ -133,6 +133,14 @@ pub(super) async fn resource(
             let kv = api.get_kv(res, ns, name)?;
             Ok(value_response(StatusCode::OK, &scale_of(&parse(&kv)?)))
         }
+        ("create", Some(name), Some(sub @ ("exec" | "attach" | "portforward")))
+            if res.kind == "Pod" =>
+        {
+            node::stream(api, ns.unwrap_or_default(), name, sub, req).await
+        }
+        ("get", Some(name), Some("proxy")) if res.kind == "Node" => {
+            node::proxy(api, name, t.proxy_path.as_deref().unwrap_or_default()).await
+        }
         ("get", Some(name), Some("log")) => {
             let ns = ns.unwrap_or_default();
             node::logs(api, ns, name, req.uri().query()).await

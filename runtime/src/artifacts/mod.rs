@@ -195,6 +195,8 @@ pub struct CachedImage {
     pub names: Vec<String>,
     /// Bytes in the cache.
     pub size_bytes: u64,
+    /// When this agent last handed it to a container (`None`: not since it started).
+    pub last_used: Option<std::time::Instant>,
 }
 
 /// What [`ArtifactStore::prune`] deleted.
@@ -241,6 +243,8 @@ struct Inner {
     clients: Mutex<HashMap<ClientKey, Arc<oci_client::Client>>>,
     inflight: Mutex<HashMap<FlightKey, PullFuture>>,
     counters: Counters,
+    /// When each artifact (by digest) was last returned by a pull, for image GC.
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// The node's artifact cache. Cheap to clone; all clones share one cache.
@@ -282,6 +286,7 @@ impl ArtifactStore {
                 clients: Mutex::new(HashMap::new()),
                 inflight: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                last_used: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -306,6 +311,7 @@ impl ArtifactStore {
     /// reports them.
     pub async fn images(&self) -> Vec<CachedImage> {
         let mut out = Vec::new();
+        let last_used = lock(&self.inner.last_used).clone();
         for (digest, names, record) in self.inner.cache.list().await {
             let mut all: BTreeSet<String> = BTreeSet::new();
             for name in &names {
@@ -320,6 +326,7 @@ impl ArtifactStore {
             out.push(CachedImage {
                 names: all.into_iter().collect(),
                 size_bytes: record.size,
+                last_used: last_used.get(&digest).copied(),
             });
         }
         out.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then(a.names.cmp(&b.names)));

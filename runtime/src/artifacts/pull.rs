@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures::{FutureExt as _, StreamExt as _};
 use oci_client::Reference;
@@ -80,6 +81,9 @@ impl ArtifactStore {
         }
         .instrument(span)
         .await
+        .inspect(|artifact| {
+            lock(&self.inner.last_used).insert(artifact.digest.clone(), Instant::now());
+        })
     }
 
     async fn cached(&self, parsed: &Reference, name: &str) -> Result<Cached, ArtifactError> {

@@ -301,6 +301,69 @@ impl super::ArtifactStore {
     }
 }
 
+impl super::ArtifactStore {
+    /// Deletes unpacked layers no cached image has any more (after [`ArtifactStore::prune`]
+    /// removed their images). Returns (layers, bytes) removed.
+    pub async fn prune_unpacked(&self) -> (usize, u64) {
+        let live: std::collections::HashSet<String> = self
+            .inner
+            .cache
+            .list()
+            .await
+            .iter()
+            .flat_map(|(_, _, r)| r.layers.iter())
+            .map(|l| {
+                l.digest
+                    .strip_prefix("sha256:")
+                    .unwrap_or(&l.digest)
+                    .to_string()
+            })
+            .collect();
+        let root = self.dir().join("layers");
+        let cache = &self.inner.cache;
+        let mut doomed = Vec::new();
+        for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let hex = entry.file_name().to_string_lossy().into_owned();
+            // Half-made ones (`.hex.pid`) belong to an unpack in progress.
+            if !hex.starts_with('.') && !live.contains(&hex) {
+                doomed.push((hex, entry.path()));
+            }
+        }
+        let (mut layers, mut bytes) = (0, 0);
+        for (hex, dir) in doomed {
+            // Not while an unpack of the same layer runs.
+            let lock = cache.blob_lock(&format!("sha256:{hex}"));
+            let _guard = lock.lock().await;
+            let freed = tokio::task::spawn_blocking(move || {
+                let size = dir_size(&dir);
+                fs::remove_dir_all(&dir).map(|()| size)
+            })
+            .await;
+            if let Ok(Ok(size)) = freed {
+                layers += 1;
+                bytes += size;
+            }
+        }
+        (layers, bytes)
+    }
+}
+
+/// Bytes of the regular files under `dir` (not following links).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Marks a layer directory as complete.
 const DONE: &str = "done";
 /// The layer's files, beside the marker.

@@ -21,12 +21,26 @@ pub struct ContainerLogs {
     pub running: bool,
     /// Waiting reason, when not started.
     pub waiting: Option<String>,
+    /// The running instance's executor and id (for exec and attach).
+    pub running_on: Option<(crate::executors::Runtime, String)>,
 }
 
-/// A pod's containers' logs, by container name.
-pub type PodLogs = BTreeMap<String, ContainerLogs>;
+/// What the streaming endpoints know of a pod: its containers' logs and instances, and
+/// its network namespace (for port-forward).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodLogs {
+    /// By container name.
+    pub containers: BTreeMap<String, ContainerLogs>,
+    /// The pod's network namespace, once its sandbox exists.
+    pub netns: Option<PathBuf>,
+    /// The pod's uid.
+    pub uid: String,
+    /// The pod's cgroup, relative to each hierarchy's root, once its sandbox exists.
+    pub cgroup: Option<String>,
+}
 
-/// Pod (namespace, name) → its containers' logs, kept up to date by the pod workers.
+/// Pod (namespace, name) → [`PodLogs`], kept up to date by the pod workers; read by the
+/// logs, exec, attach and port-forward endpoints.
 #[derive(Clone, Default)]
 pub struct LogRegistry {
     inner: Arc<Mutex<HashMap<(String, String), PodLogs>>>,
@@ -34,7 +48,7 @@ pub struct LogRegistry {
 
 impl LogRegistry {
     /// Record a pod's containers.
-    pub fn update(&self, ns: &str, pod: &str, containers: BTreeMap<String, ContainerLogs>) {
+    pub fn update(&self, ns: &str, pod: &str, containers: PodLogs) {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -49,8 +63,18 @@ impl LogRegistry {
             .remove(&(ns.to_string(), pod.to_string()));
     }
 
+    /// Every pod, by (namespace, name).
+    pub fn all(&self) -> Vec<((String, String), PodLogs)> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// A pod's containers.
-    pub fn get(&self, ns: &str, pod: &str) -> Option<BTreeMap<String, ContainerLogs>> {
+    pub fn get(&self, ns: &str, pod: &str) -> Option<PodLogs> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -160,6 +184,9 @@ pub struct Follower {
     path: PathBuf,
     offset: u64,
     pending: String,
+    /// The file being read, kept open: lines written just before the file is rotated
+    /// away or removed (the pod deleted) are still read.
+    file: Option<std::fs::File>,
 }
 
 impl Follower {
@@ -169,6 +196,7 @@ impl Follower {
             path: path.to_path_buf(),
             offset,
             pending: String::new(),
+            file: None,
         }
     }
 
@@ -177,20 +205,39 @@ impl Follower {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
 
+    fn read_open(&mut self, buf: &mut Vec<u8>) {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok().and_then(|mut f| {
+                f.seek(SeekFrom::Start(self.offset)).ok()?;
+                Some(f)
+            });
+        }
+        if let Some(f) = self.file.as_mut() {
+            let before = buf.len();
+            let _ = f.read_to_end(buf);
+            self.offset += (buf.len() - before) as u64;
+        }
+    }
+
     /// Complete new lines since the last call (a line still being written waits).
     pub fn poll(&mut self) -> String {
-        let size = Self::size(&self.path);
-        if size < self.offset {
-            // Rotated: the rest of the old file is in PATH.1; read from the new start.
-            self.offset = 0;
-        }
+        use std::os::unix::fs::MetadataExt as _;
         let mut buf = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.path)
-            && f.seek(SeekFrom::Start(self.offset)).is_ok()
-        {
-            let _ = f.read_to_end(&mut buf);
+        self.read_open(&mut buf);
+        // Rotated (the path is another file now) or truncated: the old file is read to
+        // its end above; go on from the start of the new one.
+        let now = std::fs::metadata(&self.path).ok();
+        let open = self.file.as_ref().and_then(|f| f.metadata().ok());
+        let replaced = match (&now, &open) {
+            (Some(n), Some(o)) => n.ino() != o.ino() || n.dev() != o.dev() || n.len() < self.offset,
+            (Some(_), None) => false,
+            (None, _) => false,
+        };
+        if replaced {
+            self.file = None;
+            self.offset = 0;
+            self.read_open(&mut buf);
         }
-        self.offset += buf.len() as u64;
         self.pending.push_str(&String::from_utf8_lossy(&buf));
         match self.pending.rfind('\n') {
             Some(i) => {
@@ -281,5 +328,30 @@ mod tests {
         std::fs::rename(&p, dir.path().join("0.log.1")).unwrap_or_default();
         std::fs::write(&p, "d\n").unwrap_or_default();
         assert_eq!(f.poll(), "d\n");
+    }
+
+    #[test]
+    fn lines_written_just_before_a_rotation_or_a_removal_are_not_lost() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("0.log");
+        let mut w = std::fs::File::create(&p).unwrap_or_else(|e| panic!("{e}"));
+        w.write_all(b"one\n").unwrap_or_default();
+        let mut f = Follower::new(&p, 0);
+        assert_eq!(f.poll(), "one\n");
+        // The writer's last line, then the file moves away and a new one starts.
+        w.write_all(b"two\n").unwrap_or_default();
+        std::fs::rename(&p, dir.path().join("0.log.1")).unwrap_or_default();
+        std::fs::write(&p, "three\n").unwrap_or_default();
+        assert_eq!(f.poll(), "two\nthree\n");
+        // A last line, then the file is removed with its pod.
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.write_all(b"four\n").unwrap_or_default();
+        std::fs::remove_file(&p).unwrap_or_default();
+        assert_eq!(f.poll(), "four\n");
+        assert_eq!(f.poll(), "");
     }
 }

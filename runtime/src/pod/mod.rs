@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod env;
+pub mod hooks;
 pub mod logs;
 pub mod objects;
 pub mod probes;
@@ -83,6 +84,12 @@ pub struct Ctx {
     pub adopted: Mutex<HashMap<String, ContainerInfo>>,
     /// Header-read timeout and connection cap of served ports.
     pub http_limits: skiff_api::listen::Limits,
+    /// Set when the agent stops: workers then end and leave their containers running
+    /// (a restarted agent re-adopts them), rather than take the end of their pod's
+    /// updates for the pod leaving the node.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// Wakes the Node's status writer when what it reports changed.
+    pub node_changed: Arc<tokio::sync::Notify>,
 }
 
 /// What the agent tells a worker besides pod updates.
@@ -139,8 +146,21 @@ struct Slot {
     runtime: Option<Runtime>,
     /// Its probes, armed while an instance runs.
     probes: Vec<ProbeRun>,
+    /// An init container with `restartPolicy: Always`: started in init order, the next
+    /// one starts once it has started, and it runs (restarted whatever the pod's policy)
+    /// until the main containers are done; stopped after them.
+    sidecar: bool,
     /// The startup probe passed (or there is none): the others may run.
     startup_done: bool,
+}
+
+/// A container to stop when the pod ends.
+struct Stopping {
+    id: String,
+    running: bool,
+    runtime: Runtime,
+    pre_stop: Option<hooks::Hook>,
+    sidecar: bool,
 }
 
 /// One probe of a running instance.
@@ -153,8 +173,12 @@ struct ProbeRun {
 
 impl Slot {
     fn new(spec: &K8sContainer, init: bool) -> Slot {
+        let sidecar = init && spec.restart_policy.as_deref() == Some("Always");
+        let mut st = Container::new(&spec.name, spec.image.as_deref().unwrap_or_default());
+        st.sidecar = sidecar;
         Slot {
-            st: Container::new(&spec.name, spec.image.as_deref().unwrap_or_default()),
+            st,
+            sidecar,
             spec: spec.clone(),
             init,
             retry_at: None,
@@ -320,6 +344,9 @@ impl Worker {
             tokio::select! {
                 changed = self.pod_rx.changed() => {
                     if changed.is_err() {
+                        if self.ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                            return;
+                        }
                         // The pod left the API (force-deleted) or this node.
                         self.terminate(false).await;
                         return;
@@ -555,6 +582,8 @@ impl Worker {
             );
         }
         let restart = match (slot.init, policy.as_str()) {
+            // Until the pod is done.
+            _ if slot.sidecar => !self.done,
             (true, "Never") => false,
             (true, _) => ended.code != 0,
             (false, "Always") => true,
@@ -609,24 +638,17 @@ impl Worker {
         let now = Instant::now();
         // Init containers, one after the other.
         if !self.init_done {
-            for i in 0..self.slots.len() {
-                if !self.slots[i].init {
-                    continue;
-                }
-                if self.slots[i].st.succeeded() && self.slots[i].final_ {
-                    continue;
-                }
-                if self.slots[i].st.running() || self.slots[i].final_ || !self.slots[i].due(now) {
-                    return;
-                }
-                self.start(i).await;
+            if !self.step_init(now).await {
+                // Sidecars may have probes to run meanwhile (a startup probe gates the
+                // next init container).
+                self.run_due_probes();
                 return;
             }
             self.init_done = true;
         }
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
-            if s.init || s.final_ || s.st.running() || !s.due(now) {
+            if (s.init && !s.sidecar) || s.final_ || s.st.running() || !s.due(now) {
                 continue;
             }
             self.start(i).await;
@@ -636,6 +658,37 @@ impl Worker {
         if all_final {
             self.finish().await;
         }
+    }
+
+    /// Starts the next init container that is due; true once they all completed (sidecars:
+    /// started).
+    async fn step_init(&mut self, now: Instant) -> bool {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].init {
+                continue;
+            }
+            let slot = &self.slots[i];
+            if slot.sidecar {
+                // The next one waits until this one has started (its startup probe,
+                // if any, passed).
+                if slot.st.running() && slot.startup_done {
+                    continue;
+                }
+                if !slot.st.running() && slot.due(now) {
+                    self.start(i).await;
+                }
+                return false;
+            }
+            if slot.st.succeeded() && slot.final_ {
+                continue;
+            }
+            if slot.st.running() || slot.final_ || !slot.due(now) {
+                return false;
+            }
+            self.start(i).await;
+            return false;
+        }
+        true
     }
 
     async fn ensure_sandbox(&mut self) -> bool {
@@ -1031,6 +1084,7 @@ impl Worker {
                     format!("Started container {}", spec.name),
                 );
                 self.arm_probes(i, None);
+                self.post_start(i).await;
                 if let ContainerState::Exited {
                     status,
                     finished_at,
@@ -1086,34 +1140,57 @@ impl Worker {
         }
     }
 
-    /// Every container has finished for good: free the sandbox (and its ports).
+    /// Every main container has finished for good: stop the sidecars (with the pod's
+    /// grace period), free the sandbox (and its ports).
     async fn finish(&mut self) {
         if self.done {
             return;
         }
         self.done = true;
-        self.release(Duration::ZERO).await;
+        // What was still running (sidecars) ends here; record how, before the status
+        // says the pod is done.
+        let grace = self.grace();
+        for ev in self.release(grace).await {
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.st.running() && container_id(&self.uid, &s.spec.name) == ev.id)
+            {
+                self.exited(i, ev);
+            }
+        }
     }
 
-    /// Stop every container (with `grace`), remove them and the sandbox.
-    async fn release(&mut self, grace: Duration) {
-        let ids: Vec<(String, bool, Runtime)> = self
+    /// Stop every container (with `grace`), remove them and the sandbox; returns how the
+    /// running ones ended.
+    async fn release(&mut self, grace: Duration) -> Vec<ExitEvent> {
+        let deadline = Instant::now() + grace;
+        let all: Vec<Stopping> = self
             .slots
             .iter()
             .filter_map(|s| {
-                s.runtime
-                    .map(|r| (container_id(&self.uid, &s.spec.name), s.st.running(), r))
+                s.runtime.map(|runtime| Stopping {
+                    id: container_id(&self.uid, &s.spec.name),
+                    running: s.st.running(),
+                    runtime,
+                    pre_stop: hooks::hook(&s.spec, hooks::Which::PreStop).ok().flatten(),
+                    sidecar: s.sidecar,
+                })
             })
             .collect();
-        let this = &*self;
-        let stops = ids.iter().map(|(id, running, r)| async move {
-            let runner = this.runner(*r);
-            if *running {
-                let _ = runner.stop(id, grace).await;
-            }
-            let _ = runner.remove(id).await;
-        });
-        futures::future::join_all(stops).await;
+        // The main containers together, then the sidecars, last started first.
+        let mut ended: Vec<ExitEvent> = futures::future::join_all(
+            all.iter()
+                .filter(|c| !c.sidecar)
+                .map(|c| self.stop_one(c, deadline)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        for c in all.iter().filter(|c| c.sidecar).rev() {
+            ended.extend(self.stop_one(c, deadline).await);
+        }
 
         let sandboxes = self.ctx.sandboxes.clone();
         let uid = self.uid.clone();
@@ -1121,6 +1198,28 @@ impl Worker {
             tracing::warn!(pod = %self.name, error = %e, "sandbox not removed");
         }
         self.sandbox = None;
+        ended
+    }
+
+    /// Stops one container by `deadline` (its preStop hook first), and removes it; says
+    /// how it ended if it was running.
+    async fn stop_one(&self, c: &Stopping, deadline: Instant) -> Option<ExitEvent> {
+        let runner = self.runner(c.runtime);
+        let mut ended = None;
+        if c.running {
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some(h) = c.pre_stop.as_ref().filter(|_| !left.is_zero()) {
+                left = self.pre_stop(&c.id, c.runtime, h, left).await;
+            }
+            let _ = runner.stop(&c.id, left).await;
+            ended = runner.wait(&c.id).await.ok().map(|status| ExitEvent {
+                id: c.id.clone(),
+                finished_at: jiff::Timestamp::now(),
+                status,
+            });
+        }
+        let _ = runner.remove(&c.id).await;
+        ended
     }
 
     /// The pod is being deleted (`api`: finish the deletion through the API) or is gone.
@@ -1151,7 +1250,7 @@ impl Worker {
                 );
             }
         }
-        self.release(grace).await;
+        let _ = self.release(grace).await;
         self.ctx.logs.remove(&self.ns, &self.name);
         let dir = self.ctx.pods_dir.join(&self.uid);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
@@ -1271,10 +1370,24 @@ impl Worker {
                         Phase::Waiting { reason, .. } => Some(reason.clone()),
                         _ => None,
                     },
+                    running_on: s
+                        .runtime
+                        .filter(|_| s.st.running())
+                        .map(|r| (r, container_id(&self.uid, &s.spec.name))),
                 };
                 (s.spec.name.clone(), info)
             })
             .collect();
-        self.ctx.logs.update(&self.ns, &self.name, containers);
+        let view = logs::PodLogs {
+            containers,
+            netns: self.sandbox.as_ref().map(|s| s.netns.clone()),
+            uid: self.uid.clone(),
+            cgroup: self
+                .sandbox
+                .as_ref()
+                .filter(|s| !s.cgroups.is_empty())
+                .map(|s| s.cgroup.clone()),
+        };
+        self.ctx.logs.update(&self.ns, &self.name, view);
     }
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -55,7 +55,12 @@ pub enum Action {
         /// Port in the pod.
         port: u16,
     },
-    /// A command in the container, or a gRPC health check: not run by this node yet.
+    /// A command run in the container (Linux containers only); exit 0 is a success.
+    Exec {
+        /// argv.
+        command: Vec<String>,
+    },
+    /// A gRPC health check: not run by this node yet.
     Unsupported(&'static str),
 }
 
@@ -93,30 +98,43 @@ fn port_of(c: &Container, p: &IntOrString) -> Result<u16, String> {
     }
 }
 
+/// An `httpGet` handler (of a probe or a hook) as an [`Action`].
+pub(super) fn http_action(c: &Container, h: &HTTPGetAction) -> Result<Action, String> {
+    Ok(Action::Http {
+        port: port_of(c, &h.port)?,
+        path: h
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        headers: h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
+    })
+}
+
 fn spec(c: &Container, kind: Kind, p: &Probe) -> Result<ProbeSpec, String> {
     let secs =
         |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
     let action = if let Some(h) = &p.http_get {
-        Action::Http {
-            port: port_of(c, &h.port)?,
-            path: h
-                .path
-                .clone()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "/".into()),
-            headers: h
-                .http_headers
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-        }
+        http_action(c, h)?
     } else if let Some(t) = &p.tcp_socket {
         Action::Tcp {
             port: port_of(c, &t.port)?,
         }
-    } else if p.exec.is_some() {
-        Action::Unsupported("exec")
+    } else if let Some(e) = &p.exec {
+        let command = e.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err(format!(
+                "{} probe of container {} has an empty exec command",
+                kind.as_str(),
+                c.name
+            ));
+        }
+        Action::Exec { command }
     } else if p.grpc.is_some() {
         Action::Unsupported("grpc")
     } else {
@@ -163,6 +181,7 @@ pub async fn check(action: &Action, netns: &Path, timeout: Duration) -> Result<(
                 path,
                 headers,
             } => http_get(netns, *port, path, headers).await,
+            Action::Exec { .. } => Err("exec probes run through the container's executor".into()),
             Action::Unsupported(what) => Err(format!("{what} probes are not run by this node yet")),
         }
     };
@@ -216,6 +235,80 @@ async fn http_get(
     } else {
         Err(format!("HTTP probe failed with statuscode: {code}"))
     }
+}
+
+/// Output of an exec probe kept for its failure message, as the kubelet keeps.
+const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
+
+/// Runs an exec probe's command in Linux container `id`, killed past `timeout`.
+pub async fn exec_check(
+    oci: &skiff_shims::oci::OciExecutor,
+    id: &str,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    use skiff_shims::oci::exec::Report;
+    use skiff_shims::oci::session::ExecIo;
+    let mut session = oci
+        .exec(id, command, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let output = match session.io.take() {
+        Some(ExecIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        }) => {
+            drop(stdin);
+            Some((stdout, stderr))
+        }
+        _ => None,
+    };
+    // Taken before the session moves into the check; used only if that times out, while
+    // the helper still runs (it is not reaped before its process ends).
+    let pid = session.pid();
+    let run = async {
+        let mut text = Vec::new();
+        if let Some((out, err)) = output {
+            let (a, b) = tokio::join!(read_capped(out), read_capped(err));
+            text = a;
+            text.extend_from_slice(&b);
+            text.truncate(EXEC_OUTPUT_LIMIT);
+        }
+        (session.wait().await, text)
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok((Report::Exited(0), _)) => Ok(()),
+        Ok((Report::Exited(code), out)) => {
+            let out = String::from_utf8_lossy(&out);
+            let out = out.trim();
+            Err(if out.is_empty() {
+                format!("command {command:?} exited with {code}")
+            } else {
+                format!("command {command:?} exited with {code}: {out}")
+            })
+        }
+        Ok((Report::Failed(m), _)) => Err(m),
+        Err(_) => {
+            pid.kill();
+            Err(format!("command {command:?} timed out after {timeout:?}"))
+        }
+    }
+}
+
+/// Reads to the end, keeping the first [`EXEC_OUTPUT_LIMIT`] bytes (the rest is read and
+/// dropped, so the command never blocks on a full pipe).
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = EXEC_OUTPUT_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
 }
 
 /// Consecutive results of one probe against its thresholds.
@@ -281,7 +374,19 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert_eq!(
             (p[0].kind, &p[0].action),
-            (Kind::Startup, &Action::Unsupported("exec"))
+            (
+                Kind::Startup,
+                &Action::Exec {
+                    command: vec!["true".into()]
+                }
+            )
+        );
+        let empty = container(json!({"livenessProbe": {"exec": {"command": []}}}));
+        assert!(probes(&empty).unwrap_err().contains("empty exec command"));
+        let grpc = container(json!({"livenessProbe": {"grpc": {"port": 9000}}}));
+        assert_eq!(
+            probes(&grpc).unwrap()[0].action,
+            Action::Unsupported("grpc")
         );
         assert_eq!(p[1].kind, Kind::Liveness);
         assert_eq!(p[1].action, Action::Tcp { port: 9000 });

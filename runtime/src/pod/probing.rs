@@ -1,11 +1,16 @@
-//! The pod worker's side of probes: arming them for each instance, running the checks
-//! that are due, and acting on their verdicts (see [`super::probes`]).
+//! The pod worker's side of probes and lifecycle hooks: arming probes for each instance,
+//! running the checks that are due, acting on their verdicts (see [`super::probes`]), and
+//! running `postStart` and `preStop` hooks (see [`super::hooks`]).
 
 use super::specs::runner_of;
-use super::{Msg, ProbeRun, Worker, container_id, probes};
+use super::{Msg, ProbeRun, Worker, container_id, hooks, probes};
 use crate::executors::Runtime;
 use skiff_shims::Executor;
 use std::time::{Duration, Instant};
+
+/// How long a `postStart` hook may run (Kubernetes sets no bound; a hook that never ends
+/// would hold the pod's worker).
+const POST_START_LIMIT: Duration = Duration::from_secs(120);
 
 impl Worker {
     /// Arms the probes of slot `i`'s new (or adopted) instance; `ready` is its readiness
@@ -23,6 +28,20 @@ impl Worker {
         let now = Instant::now();
         slot.probes.clear();
         for spec in specs {
+            if matches!(spec.action, probes::Action::Exec { .. })
+                && slot.runtime == Some(Runtime::Wasm)
+            {
+                self.ctx.recorder.warning(
+                    &object,
+                    "ProbeUnsupported",
+                    format!(
+                        "{} probe of container {} is an exec probe, but Wasm containers have no processes to run it; it is ignored (use httpGet or tcpSocket)",
+                        spec.kind.as_str(),
+                        slot.spec.name
+                    ),
+                );
+                continue;
+            }
             if let probes::Action::Unsupported(what) = spec.action {
                 self.ctx.recorder.warning(
                     &object,
@@ -68,8 +87,18 @@ impl Worker {
                 let (action, timeout, netns) =
                     (p.spec.action.clone(), p.spec.timeout, netns.clone());
                 let (tx, instance) = (self.self_tx.clone(), slot.instances);
+                let oci = self.ctx.oci.as_ref().ok().cloned();
+                let id = container_id(&self.uid, &slot.spec.name);
                 tokio::spawn(async move {
-                    let result = probes::check(&action, &netns, timeout).await;
+                    let result = match (&action, oci) {
+                        (probes::Action::Exec { command }, Some(oci)) => {
+                            probes::exec_check(&oci, &id, command, timeout).await
+                        }
+                        (probes::Action::Exec { .. }, None) => {
+                            Err("this node runs no Linux containers".into())
+                        }
+                        _ => probes::check(&action, &netns, timeout).await,
+                    };
                     let _ = tx.send(Msg::Probe {
                         slot: i,
                         probe: j,
@@ -130,6 +159,77 @@ impl Worker {
             }
             _ => {}
         }
+    }
+
+    /// Runs slot `i`'s `postStart` hook, if it has one, once its instance has started; a
+    /// failure kills the instance, which then restarts by the pod's policy.
+    pub(super) async fn post_start(&mut self, i: usize) {
+        let object = self.object();
+        let slot = &self.slots[i];
+        let name = slot.spec.name.clone();
+        let hook = match hooks::hook(&slot.spec, hooks::Which::PostStart) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                self.ctx.recorder.warning(
+                    &object,
+                    hooks::Which::PostStart.failed_reason(),
+                    format!("PostStartHook of container {name} is invalid: {e}"),
+                );
+                return;
+            }
+        };
+        let (Some(runtime), Some(netns)) =
+            (slot.runtime, self.sandbox.as_ref().map(|s| s.netns.clone()))
+        else {
+            return;
+        };
+        let id = container_id(&self.uid, &name);
+        let oci = self.ctx.oci.as_ref().ok();
+        let target = hooks::Target {
+            runtime,
+            oci,
+            id: &id,
+            netns: &netns,
+        };
+        if let Err(e) = hooks::run(&hook, &target, POST_START_LIMIT).await {
+            self.ctx.recorder.warning(
+                &object,
+                hooks::Which::PostStart.failed_reason(),
+                format!("PostStartHook of container {name} failed: {e}; the container is killed"),
+            );
+            let _ = runner_of(&self.ctx, runtime).stop(&id, self.grace()).await;
+        }
+    }
+
+    /// Runs a container's `preStop` hook within `grace`; returns what is left of it for
+    /// the stop signal.
+    pub(super) async fn pre_stop(
+        &self,
+        id: &str,
+        runtime: Runtime,
+        hook: &hooks::Hook,
+        grace: Duration,
+    ) -> Duration {
+        let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
+            return grace;
+        };
+        let started = Instant::now();
+        let target = hooks::Target {
+            runtime,
+            oci: self.ctx.oci.as_ref().ok(),
+            id,
+            netns: &netns,
+        };
+        if let Err(e) = hooks::run(hook, &target, grace).await {
+            let name = id.rsplit('/').next().unwrap_or(id);
+            self.ctx.recorder.warning(
+                &self.object(),
+                hooks::Which::PreStop.failed_reason(),
+                format!("PreStopHook of container {name} failed: {e}"),
+            );
+        }
+        grace.saturating_sub(started.elapsed())
     }
 
     /// The pod's termination grace period.

@@ -62,6 +62,9 @@ pub struct Container {
     pub container_id: String,
     /// The readiness probe's verdict; `None` when it has none (ready while running).
     pub probe_ready: Option<bool>,
+    /// A sidecar: an init container with `restartPolicy: Always`, which runs beside the
+    /// main containers and counts toward the pod's readiness, not its phase.
+    pub sidecar: bool,
 }
 
 impl Container {
@@ -79,6 +82,7 @@ impl Container {
             last: None,
             container_id: String::new(),
             probe_ready: None,
+            sidecar: false,
         }
     }
 
@@ -159,7 +163,7 @@ pub fn pod_phase(
         let failed_for_good = restart_policy == "Never"
             && init
                 .iter()
-                .any(|c| matches!(&c.phase, Phase::Terminated(e) if e.code != 0));
+                .any(|c| !c.sidecar && matches!(&c.phase, Phase::Terminated(e) if e.code != 0));
         return if failed_for_good { "Failed" } else { "Pending" };
     }
     let (mut running, mut fresh, mut restarting, mut ok, mut failed) = (0, 0, 0, 0, 0);
@@ -222,7 +226,9 @@ pub struct Snapshot<'a> {
 pub fn pod_status(s: &Snapshot<'_>) -> PodStatus {
     let phase = pod_phase(s.init, s.init_done, s.containers, s.restart_policy);
     let now = Time(jiff::Timestamp::now());
-    let all_running = !s.containers.is_empty() && s.containers.iter().all(Container::ready);
+    let all_running = !s.containers.is_empty()
+        && s.containers.iter().all(Container::ready)
+        && s.init.iter().filter(|c| c.sidecar).all(Container::ready);
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let not_ready_reason = if terminal {
         "PodCompleted"
@@ -346,5 +352,9 @@ mod tests {
             pod_phase(&[c(ended(1), false)], false, &[], "Always"),
             "Pending"
         );
+        // A sidecar that crashed restarts whatever the pod's policy: not a failure.
+        let mut sidecar = c(ended(1), false);
+        sidecar.sidecar = true;
+        assert_eq!(pod_phase(&[sidecar], false, &[], "Never"), "Pending");
     }
 }

@@ -1,11 +1,12 @@
 //! The OCI executor: Linux containers on youki's libcontainer, behind the same
 //! [`Executor`] trait as the Wasm host.
 //!
-//! Each container has a shim ([`shim`]): a `skiff container-shim DIR` process, in a session
-//! of its own, that creates the container, is its parent and writes how it ended. The
-//! executor (in the agent) starts shims, watches them through pidfds (they need not be its
-//! children: a restarted agent re-adopts running containers from their bundle
-//! directories), signals containers to stop, and turns a shim's death into an exit.
+//! Each container has a shim ([`shim`]): a process in a session of its own, forked by the
+//! node's container host ([`zygote`]), that creates the container, is its parent and
+//! writes how it ended. The executor (in the agent) has shims started, watches them
+//! through pidfds (they are not its children: a restarted agent re-adopts running
+//! containers from their bundle directories), signals containers to stop, and turns a
+//! shim's death into an exit.
 //!
 //! ```text
 //! <root>/<id>/request.json   the ContainerSpec (written here)
@@ -13,9 +14,12 @@
 //!            /exit.json      how it ended (written by the shim)
 //! ```
 
+pub mod exec;
 pub mod ports;
+pub mod session;
 pub mod shim;
 pub mod spec;
+pub mod zygote;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -67,13 +71,13 @@ impl OciError {
     }
 }
 
-/// How to start a shim: the `skiff` executable and the words before the bundle path.
+/// The `skiff` executable, whose hidden subcommands run the container host
+/// (`container-host`), clean up after a dead shim (`container-shim --delete DIR`) and
+/// exec into containers (`container-exec`).
 #[derive(Clone, Debug)]
 pub struct ShimCommand {
     /// The executable.
     pub exe: PathBuf,
-    /// Arguments before the bundle directory (e.g. `["container-shim"]`).
-    pub args: Vec<String>,
 }
 
 /// `None` while the container runs, then how it ended.
@@ -92,6 +96,7 @@ struct Entry {
 struct Inner {
     root: PathBuf,
     shim: ShimCommand,
+    host: zygote::Client,
     exits: broadcast::Sender<ExitEvent>,
     containers: Mutex<HashMap<String, Entry>>,
 }
@@ -118,6 +123,7 @@ impl OciExecutor {
         let ex = OciExecutor {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
+                host: zygote::Client::new(&shim.exe),
                 shim,
                 exits,
                 containers: Mutex::new(HashMap::new()),
@@ -127,6 +133,26 @@ impl OciExecutor {
             ex.adopt(&entry.path()).await;
         }
         Ok(ex)
+    }
+
+    /// Starts `argv` in the running container `id` (with a terminal if `tty`), as
+    /// `skiff container-exec`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<session::ExecSession, Error> {
+        let dir = match self.lock().get(id) {
+            Some(e) if e.init.is_some() && e.exit.borrow().is_none() => e.dir.clone(),
+            _ => {
+                return Err(OciError::error(
+                    ErrorKind::NotFound,
+                    format!("container {id} is not running"),
+                ));
+            }
+        };
+        session::ExecSession::start(&self.inner.shim.exe, &dir, argv, tty).await
     }
 
     /// Exit events from now on. Subscribe first, then `list()`, so no exit falls between.
@@ -270,8 +296,7 @@ impl OciExecutor {
     /// Runs `skiff container-shim --delete DIR` and waits for it.
     async fn delete_bundle(&self, dir: &Path) {
         let mut cmd = tokio::process::Command::new(&self.inner.shim.exe);
-        cmd.args(&self.inner.shim.args)
-            .arg("--delete")
+        cmd.args(["container-shim", "--delete"])
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -286,36 +311,27 @@ impl OciExecutor {
     }
 
     async fn start_shim(&self, dir: &Path) -> Result<(StartedInfo, OwnedFd), Error> {
-        let log = std::fs::File::create(dir.join("shim.log"))
-            .map_err(|e| OciError::error(ErrorKind::Internal, format!("shim log: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&self.inner.shim.exe);
-        cmd.args(&self.inner.shim.args)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| {
-            OciError::error(
-                ErrorKind::Internal,
-                format!(
-                    "starting the container shim {}: {e}",
-                    self.inner.shim.exe.display()
-                ),
-            )
-        })?;
-        let shim_fd = child.id().and_then(|p| pidfd(p as i32));
-        let stdout = child.stdout.take().ok_or_else(|| {
-            OciError::error(ErrorKind::Internal, "the container shim has no stdout")
-        })?;
+        let internal = |what: &str, e: std::io::Error| {
+            OciError::error(ErrorKind::Internal, format!("{what}: {e}"))
+        };
+        let log =
+            std::fs::File::create(dir.join("shim.log")).map_err(|e| internal("shim log", e))?;
+        let (reader, writer) = std::io::pipe().map_err(|e| internal("shim pipe", e))?;
+        let shim_fd = self
+            .inner
+            .host
+            .spawn(dir, writer.into(), log.into())
+            .await
+            .map_err(|e| internal("starting the container shim", e))?;
+        // Our copy of the writing end is closed: the pipe ends when the shim's does.
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+            .map_err(|e| internal("shim pipe", e))?;
         let mut line = String::new();
         let read = tokio::time::timeout(
             START_TIMEOUT,
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await;
-        // The shim is reaped by tokio whenever it ends; it is watched by its pidfd.
-        drop(child);
         if read.is_err() {
             return Err(OciError::error(
                 ErrorKind::Internal,
@@ -323,12 +339,7 @@ impl OciExecutor {
             ));
         }
         match serde_json::from_str::<Started>(&line) {
-            Ok(Started::Ok(info)) => {
-                let fd = shim_fd.ok_or_else(|| {
-                    OciError::error(ErrorKind::Internal, "no pidfd for the container shim")
-                })?;
-                Ok((info, fd))
-            }
+            Ok(Started::Ok(info)) => Ok((info, shim_fd)),
             Ok(Started::Failed { kind, message }) => Err(OciError::error(kind, message)),
             Err(_) => {
                 let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
@@ -478,10 +489,15 @@ fn pidfd(pid: i32) -> Option<OwnedFd> {
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
-/// The shim of `started`, if it still runs and is the shim of `dir` (not a process that
-/// got its pid since).
+/// A pidfd of the shim of `started`, if it still runs and is the shim of `dir` (not a
+/// process that got its pid since).
 fn open_shim(started: &StartedInfo, dir: &Path) -> Option<OwnedFd> {
     let fd = pidfd(started.shim_pid)?;
+    // Opened first, checked second: a pid reused after the check cannot slip in.
+    if let Some(ticks) = started.shim_start_ticks {
+        return (shim::start_ticks(started.shim_pid) == Some(ticks)).then_some(fd);
+    }
+    // Recorded by a shim of an older agent, run as `skiff container-shim DIR`.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", started.shim_pid)).ok()?;
     let want = dir.as_os_str().as_encoded_bytes();
     let ours = cmdline.split(|b| *b == 0).any(|a| a == want);

@@ -45,6 +45,10 @@ pub enum Started {
 pub struct StartedInfo {
     /// The shim's pid (the parent of the container's init).
     pub shim_pid: i32,
+    /// When the shim started, in clock ticks since boot (`/proc/PID/stat`'s field 22):
+    /// with the pid, it tells the shim from a later process given the same pid.
+    #[serde(default)]
+    pub shim_start_ticks: Option<u64>,
     /// The container's init process, as the host sees it.
     pub init_pid: i32,
     /// When it started.
@@ -70,6 +74,15 @@ pub(crate) mod files {
     pub const UPPER: &str = "upper";
     pub const WORK: &str = "work";
     pub const STATE: &str = "state";
+}
+
+/// When process `pid` started, in clock ticks since boot.
+pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses itself.
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Field 22 of the whole line; `after` starts at field 3.
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The libcontainer id of the container in `dir` (the bundle directory's name).
@@ -219,6 +232,7 @@ fn start(
         .ok_or_else(|| internal("libcontainer reported no init pid"))?;
     let started = StartedInfo {
         shim_pid: std::process::id() as i32,
+        shim_start_ticks: start_ticks(std::process::id() as i32),
         init_pid,
         started_at: jiff::Timestamp::now(),
     };
