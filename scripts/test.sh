@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository, installing what the tests need when it is
-# missing (Debian packages, the Python Kubernetes client). Safe to run again.
+# missing (Debian packages, Python packages). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +23,13 @@ if ((${#need_apt[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
-if ! python3 -c 'import kubernetes' 2>/dev/null; then
-  echo "installing the Python kubernetes client"
-  python3 -m pip install -q kubernetes || python3 -m pip install -q --break-system-packages kubernetes
+# The Python Kubernetes client, and grpcio's reference health service for the gRPC probes.
+need_pip=()
+python3 -c 'import kubernetes' 2>/dev/null || need_pip+=(kubernetes)
+python3 -c 'import grpc_health.v1.health' 2>/dev/null || need_pip+=(grpcio-health-checking)
+if ((${#need_pip[@]})); then
+  echo "installing with pip: ${need_pip[*]}"
+  python3 -m pip install -q "${need_pip[@]}" || python3 -m pip install -q --break-system-packages "${need_pip[@]}"
 fi
 
 # The Wasm guests the end-to-end tests publish (installs clang/wasi-libc and

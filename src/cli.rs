@@ -102,6 +102,10 @@ pub(crate) enum Command {
     /// Fork the Linux containers' shims (started by the agent, whose socket is its stdin).
     #[command(hide = true)]
     ContainerHost,
+    /// Start the holder of a pod's shared PID namespace and print its pid (run by the
+    /// agent for pods with `shareProcessNamespace`).
+    #[command(hide = true)]
+    PodInit,
     /// Run one Linux container's shim in the foreground (the container host forks them),
     /// or clean up after one that died (`--delete`, run by the agent).
     #[command(hide = true)]

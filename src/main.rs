@@ -265,6 +265,7 @@ fn main() -> anyhow::Result<()> {
         // First, before anything starts a thread: it forks the shims, and libcontainer
         // forks those.
         Command::ContainerHost => std::process::exit(skiff_shims::oci::zygote::main()),
+        Command::PodInit => std::process::exit(skiff_shims::oci::pause::main()),
         Command::ContainerShim { delete, dir } => {
             if delete {
                 skiff_shims::oci::shim::cleanup(&dir);

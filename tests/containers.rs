@@ -111,6 +111,7 @@ fn container(f: &Fixture, name: &str, args: &[&str]) -> ContainerSpec {
             cwd: "/".into(),
             user: OciUser::default(),
             hostname: name.into(),
+            pid_ns: None,
             netns: Path::new("/run/netns").join(&f.netns),
             cgroup: format!("skiff-test/{}/{name}", f.netns),
             files: vec![],

@@ -1,6 +1,7 @@
 //! Container lifecycle hooks through the real binary: `postStart` runs before the
 //! container counts as started (a failing one restarts it), `preStop` runs before the
-//! stop signal, and an exec hook on a Wasm container fails with a clear event.
+//! stop signal, and an exec hook on a Wasm container fails with a clear event; containers
+//! of a pod that shares its process namespace see each other's processes.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -180,4 +181,75 @@ async fn sidecars_start_first_restart_always_and_end_with_the_main_containers() 
         main.state.and_then(|s| s.running).is_some(),
         "the main container runs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_sharing_its_process_namespace_see_each_other() {
+    let reg = common::Registry::start();
+    let image = reg.push_example_image("busybox:1");
+    let s = common::Server::start_node("edge-pid", &[]);
+    let pods: Api<Pod> = Api::default_namespaced(common::kube_client(&s).await);
+    let sleeper = |name: &str, secs: u32| {
+        format!(
+            "  - name: {name}\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; sleep {secs} & wait\"]\n"
+        )
+    };
+    let shared = |name: &str, share: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  shareProcessNamespace: {share}\n  terminationGracePeriodSeconds: 1\n  containers:\n{}{}",
+            sleeper("a", 1111),
+            sleeper("b", 2222)
+        )
+    };
+    apply(
+        &s,
+        &[shared("shared", true), shared("apart", false)].join("---\n"),
+    );
+    let all_ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c.ready))
+    };
+    let shared_pod = wait_for(&pods, "shared", "both containers ready", all_ready).await;
+    wait_for(&pods, "apart", "both containers ready", all_ready).await;
+
+    let ps = s.kubectl_ok(&["exec", "shared", "-c", "a", "--", "ps", "-o", "pid,args"]);
+    assert!(
+        ps.contains("sleep 1111") && ps.contains("sleep 2222"),
+        "a sees b's processes: {ps}"
+    );
+    let init = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_default();
+    assert!(init.contains("pod-init"), "PID 1 is the pod's holder: {ps}");
+    let ps = s.kubectl_ok(&["exec", "apart", "-c", "a", "--", "ps", "-o", "pid,args"]);
+    assert!(
+        ps.contains("sleep 1111") && !ps.contains("sleep 2222"),
+        "without sharing each sees only its own: {ps}"
+    );
+
+    // The holder ends with the pod.
+    let uid = shared_pod.metadata.uid.unwrap();
+    let record = std::path::PathBuf::from(format!("/run/skiff/pid-ns/{uid}"));
+    let text = std::fs::read_to_string(&record).expect("the holder's record");
+    let pid: u32 = text.split_whitespace().next().unwrap().parse().unwrap();
+    // Running, not a zombie its parent (the node's init) has yet to reap.
+    let runs = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|f| !f.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(runs(), "the holder runs");
+    s.kubectl_ok(&["delete", "pod", "shared", "--timeout=60s"]);
+    wait_gone(&pods, "shared").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (record.exists() || runs()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!record.exists(), "the record is removed with the pod");
+    assert!(!runs(), "the holder is gone with the pod");
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::pods::{apply, running, status, wait_event, wait_for};
+use common::pods::{apply, running, status, wait_event, wait_event_where, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -74,24 +74,14 @@ async fn readiness_and_liveness_probes_for_wasm_and_containers() {
         assert_eq!(ready_condition(&p).as_deref(), Some("False"), "{name}");
         // A first check may come before the server listens (connection refused); the
         // failure under test follows within a few periods.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let events = loop {
-            let events = s.kubectl_ok(&[
-                "get",
-                "events",
-                "--field-selector",
-                &format!("involvedObject.name={name},reason=Unhealthy"),
-                "-o",
-                "jsonpath={.items[*].message}",
-            ]);
-            if events.contains(why) || std::time::Instant::now() > deadline {
-                break events;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        };
+        let e = wait_event_where(&client, name, "Unhealthy", |e| {
+            e.message.as_deref().is_some_and(|m| m.contains(why))
+        })
+        .await;
+        let message = e.message.unwrap_or_default();
         assert!(
-            events.contains("Readiness probe failed: ") && events.contains(why),
-            "{name}: {events}"
+            message.starts_with("Readiness probe failed: "),
+            "{name}: {message}"
         );
     }
     for name in ["wasm-live", "oci-live"] {
@@ -171,51 +161,27 @@ async fn exec_probes_run_in_containers_and_are_refused_for_wasm() {
         ("oci-exec-unready", "exited with 2: nope"),
         ("oci-exec-slow", "timed out after 1s"),
     ] {
-        wait_event(&client, name, "Unhealthy").await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let events = loop {
-            let events = s.kubectl_ok(&[
-                "get",
-                "events",
-                "--field-selector",
-                &format!("involvedObject.name={name},reason=Unhealthy"),
-                "-o",
-                "jsonpath={.items[*].message}",
-            ]);
-            if events.contains(why) || std::time::Instant::now() > deadline {
-                break events;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        };
+        let e = wait_event_where(&client, name, "Unhealthy", |e| {
+            e.message.as_deref().is_some_and(|m| m.contains(why))
+        })
+        .await;
+        let message = e.message.unwrap_or_default();
         assert!(
-            events.contains("Readiness probe failed: ") && events.contains(why),
-            "{name}: {events}"
+            message.starts_with("Readiness probe failed: "),
+            "{name}: {message}"
         );
         let p = pods.get(name).await.unwrap();
         assert_eq!(ready_condition(&p).as_deref(), Some("False"), "{name}");
     }
     // Timed-out commands are killed, not left running: after three timeouts, at most the
     // check in flight is there.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let counts = s.kubectl_ok(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=oci-exec-slow,reason=Unhealthy",
-            "-o",
-            "jsonpath={.items[*].count}",
-        ]);
-        let timeouts: i64 = counts
-            .split_whitespace()
-            .filter_map(|c| c.parse::<i64>().ok())
-            .sum();
-        if timeouts >= 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{counts}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_event_where(&client, "oci-exec-slow", "Unhealthy", |e| {
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.contains("timed out"))
+            && e.count.unwrap_or(1) >= 3
+    })
+    .await;
     let ps = s.kubectl_ok(&["exec", "oci-exec-slow", "--", "ps"]);
     assert!(ps.matches("sleep 30").count() <= 1, "{ps}");
     wait_for(
@@ -229,4 +195,104 @@ async fn exec_probes_run_in_containers_and_are_refused_for_wasm() {
     wait_event(&client, "wasm-exec", "ProbeUnsupported").await;
     let p = wait_for(&pods, "wasm-exec", "Ready", running).await;
     assert_eq!(ready_condition(&p).as_deref(), Some("True"));
+}
+
+/// The reference gRPC health service (grpcio's `grpc_health`), which the test runs inside
+/// the pod's network namespace: the busybox image has no gRPC server of its own.
+const HEALTH_SERVER: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+h = health.HealthServicer()
+h.set("", health_pb2.HealthCheckResponse.SERVING)
+h.set("down", health_pb2.HealthCheckResponse.NOT_SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(h, server)
+server.add_insecure_port("127.0.0.1:50051")
+server.start()
+print("serving", flush=True)
+sys.stdin.read()
+"#;
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_probes_ask_the_standard_health_service() {
+    use std::io::BufRead as _;
+    let reg = common::Registry::start();
+    let oci = reg.push_example_image("busybox:1");
+    let s = common::Server::start_node("edge-pg", &[]);
+    let client = common::kube_client(&s).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let container = |name: &str, service: &str| {
+        format!(
+            "  - name: {name}\n    image: {oci}\n    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n    readinessProbe:\n      grpc: {{port: 50051, service: {service:?}}}\n      periodSeconds: 1\n      failureThreshold: 1\n"
+        )
+    };
+    apply(
+        &s,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: grpc\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n{}{}{}",
+            container("up", ""),
+            container("down", "down"),
+            container("missing", "nope")
+        ),
+    );
+    // Nothing listens yet: the checks fail to connect.
+    wait_event_where(&client, "grpc", "Unhealthy", |e| {
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.contains("dial tcp 127.0.0.1:50051"))
+    })
+    .await;
+    let uid = pods.get("grpc").await.unwrap().metadata.uid.unwrap();
+    let mut server = Killed(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &format!("skiff-{uid}")])
+            .args(["python3", "-c", HEALTH_SERVER])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip netns exec python3"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "serving", "the health server started");
+
+    let ready = |p: &Pod, name: &str| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == name))
+            .is_some_and(|c| c.ready)
+    };
+    let p = wait_for(&pods, "grpc", "container up ready", |p| ready(p, "up")).await;
+    assert!(
+        !ready(&p, "down") && !ready(&p, "missing"),
+        "{:?}",
+        p.status
+    );
+    for why in [
+        "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")",
+        "Readiness probe failed: rpc error: code = NotFound desc = ",
+    ] {
+        wait_event_where(&client, "grpc", "Unhealthy", |e| {
+            e.message.as_deref().is_some_and(|m| m.contains(why))
+        })
+        .await;
+    }
+    let p = pods.get("grpc").await.unwrap();
+    assert_eq!(ready_condition(&p).as_deref(), Some("False"));
+    assert!(ready(&p, "up"), "SERVING keeps its container ready");
 }

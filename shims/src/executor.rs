@@ -69,6 +69,10 @@ pub struct OciOptions {
     pub hostname: String,
     /// The pod's network namespace, shared with its other containers.
     pub netns: PathBuf,
+    /// The pod's PID namespace to join (`shareProcessNamespace`); otherwise the container
+    /// has one of its own.
+    #[serde(default)]
+    pub pid_ns: Option<PathBuf>,
     /// Cgroup of the container, relative to each hierarchy's root (e.g.
     /// `skiff/pod-UID/NAME`), under the pod's cgroup.
     pub cgroup: String,

@@ -81,24 +81,42 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
 
 /// Wait until an event with `reason` is recorded about `object`.
 pub async fn wait_event(client: &kube::Client, object: &str, reason: &str) {
+    wait_event_where(client, object, reason, |_| true).await;
+}
+
+/// Waits until an event with `reason` about `object` satisfies `cond` (its message, its
+/// count); returns that event as last written.
+pub async fn wait_event_where(
+    client: &kube::Client,
+    object: &str,
+    reason: &str,
+    cond: impl Fn(&k8s_openapi::api::core::v1::Event) -> bool,
+) -> k8s_openapi::api::core::v1::Event {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::Event;
     use kube::runtime::watcher;
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let cfg = watcher::Config::default().fields(&format!("involvedObject.name={object}"));
     let mut stream = std::pin::pin!(watcher(events, cfg));
+    let mut last = None;
     let found = tokio::time::timeout(WAIT, async {
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = ev
                 && e.reason.as_deref() == Some(reason)
             {
-                return true;
+                if cond(&e) {
+                    return Some(e);
+                }
+                last = e.message;
             }
         }
-        false
+        None
     })
     .await;
-    assert_eq!(found, Ok(true), "no {reason} event for {object}");
+    match found {
+        Ok(Some(e)) => e,
+        _ => panic!("no {reason} event for {object} as expected; the last said {last:?}"),
+    }
 }
 
 /// Waits until the pod `name` is gone from the API.

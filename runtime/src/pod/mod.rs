@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod env;
+mod grpc_health;
 pub mod hooks;
 pub mod logs;
 pub mod objects;
@@ -18,7 +19,7 @@ use crate::artifacts::{
     ArtifactContent, ArtifactStore, DockerConfig, PullPolicy, RegistryCredentials,
 };
 use crate::executors::Runtime;
-use crate::sandbox::{PodLimits, Sandbox, Sandboxes};
+use crate::sandbox::{PodLimits, Sandbox, SandboxSpec, Sandboxes};
 use env::{ConfigError, NodeFacts, Objects};
 use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -720,6 +721,15 @@ impl Worker {
         if regular.iter().all(|c| lim(c, "cpu", true).is_some()) {
             limits.milli_cpu = Some(regular.iter().filter_map(|c| lim(c, "cpu", true)).sum());
         }
+        let spec = SandboxSpec {
+            limits,
+            share_process_namespace: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.share_process_namespace)
+                .unwrap_or(false),
+        };
         let sandboxes = self.ctx.sandboxes.clone();
         let uid = self.uid.clone();
         // The pod's directory is this agent's record that the sandbox is its own: orphan
@@ -731,7 +741,7 @@ impl Worker {
                 path: record.clone(),
                 source: e,
             })?;
-            sandboxes.ensure(&uid, limits)
+            sandboxes.ensure(&uid, spec)
         })
         .await;
         match made {

@@ -2,7 +2,7 @@
 //!
 //! [`probes`] turns a container's probes into [`ProbeSpec`]s (pure, table-tested);
 //! [`check`] runs one check from inside the pod's network namespace (a pod has no address
-//! of its own before pod networking, so `httpGet` and `tcpSocket` go to the pod's
+//! of its own before pod networking, so `httpGet`, `tcpSocket` and `grpc` go to the pod's
 //! loopback, where Wasm and container ports listen alike); [`Tracker`] counts successes
 //! and failures against the thresholds. The pod worker schedules the checks and applies
 //! what they decide: readiness to the pod's conditions, a failed liveness or startup
@@ -60,8 +60,13 @@ pub enum Action {
         /// argv.
         command: Vec<String>,
     },
-    /// A gRPC health check: not run by this node yet.
-    Unsupported(&'static str),
+    /// A gRPC health check (`grpc.health.v1.Health/Check`); only `SERVING` passes.
+    Grpc {
+        /// Port in the pod.
+        port: u16,
+        /// The service asked about (empty: the server as a whole).
+        service: String,
+    },
 }
 
 /// One probe of a container.
@@ -135,8 +140,11 @@ fn spec(c: &Container, kind: Kind, p: &Probe) -> Result<ProbeSpec, String> {
             ));
         }
         Action::Exec { command }
-    } else if p.grpc.is_some() {
-        Action::Unsupported("grpc")
+    } else if let Some(g) = &p.grpc {
+        Action::Grpc {
+            port: port_of(c, &IntOrString::Int(g.port))?,
+            service: g.service.clone().unwrap_or_default(),
+        }
     } else {
         return Err(format!(
             "{} probe of container {} has no handler",
@@ -182,7 +190,10 @@ pub async fn check(action: &Action, netns: &Path, timeout: Duration) -> Result<(
                 headers,
             } => http_get(netns, *port, path, headers).await,
             Action::Exec { .. } => Err("exec probes run through the container's executor".into()),
-            Action::Unsupported(what) => Err(format!("{what} probes are not run by this node yet")),
+            Action::Grpc { port, service } => {
+                let stream = connect(netns, *port).await?;
+                super::grpc_health::check(stream, *port, service).await
+            }
         }
     };
     match tokio::time::timeout(timeout, run).await {
@@ -386,7 +397,18 @@ mod tests {
         let grpc = container(json!({"livenessProbe": {"grpc": {"port": 9000}}}));
         assert_eq!(
             probes(&grpc).unwrap()[0].action,
-            Action::Unsupported("grpc")
+            Action::Grpc {
+                port: 9000,
+                service: String::new()
+            }
+        );
+        let named = container(json!({"readinessProbe": {"grpc": {"port": 9000, "service": "db"}}}));
+        assert_eq!(
+            probes(&named).unwrap()[0].action,
+            Action::Grpc {
+                port: 9000,
+                service: "db".into()
+            }
         );
         assert_eq!(p[1].kind, Kind::Liveness);
         assert_eq!(p[1].action, Action::Tcp { port: 9000 });

@@ -42,18 +42,6 @@ impl Worker {
                 );
                 continue;
             }
-            if let probes::Action::Unsupported(what) = spec.action {
-                self.ctx.recorder.warning(
-                    &object,
-                    "ProbeUnsupported",
-                    format!(
-                        "{} probe of container {} uses {what}, which this node does not run yet; it is ignored",
-                        spec.kind.as_str(),
-                        slot.spec.name
-                    ),
-                );
-                continue;
-            }
             slot.probes.push(ProbeRun {
                 next_at: now + spec.initial_delay,
                 spec,

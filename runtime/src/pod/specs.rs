@@ -134,6 +134,7 @@ impl Worker {
             user,
             hostname: container::hostname(&self.pod),
             netns: sandbox.netns.clone(),
+            pid_ns: sandbox.pid_ns.clone(),
             cgroup: format!("{}/{}", sandbox.cgroup, spec.name),
             files,
             cpu_request_millis: quantity_u64(requests.and_then(|r| r.get("cpu")), true),

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod exec;
+pub mod pause;
 pub mod ports;
 pub mod session;
 pub mod shim;

@@ -312,12 +312,17 @@ fn supervise(dir: &Path, started: &StartedInfo, pumps: Vec<std::thread::JoinHand
         }
     };
     let finished_at = jiff::Timestamp::now();
-    // Everything else in the container died with its init (the pid namespace ends);
-    // the pipes close once they are gone.
+    // In a PID namespace of its own, everything else in the container died with its init.
+    // In the pod's shared one the rest lives on (the pod's holder inherits it): killed
+    // here, as runc does, so the container ends whole. The pipes close once all are gone.
+    let oci = requested_oci(dir);
+    if let Some(oci) = oci.as_ref().filter(|o| o.pid_ns.is_some()) {
+        kill_cgroup(&oci.cgroup);
+    }
     for p in pumps {
         let _ = p.join();
     }
-    let oom = oom_killed(dir);
+    let oom = oci.as_ref().is_some_and(oom_killed);
     let (code, signal) = status;
     let (reason, message) = if oom {
         (
@@ -342,15 +347,39 @@ fn supervise(dir: &Path, started: &StartedInfo, pumps: Vec<std::thread::JoinHand
     }
 }
 
+/// The container's OCI options, from the request in its bundle.
+fn requested_oci(dir: &Path) -> Option<crate::executor::OciOptions> {
+    let request = std::fs::read(dir.join(files::REQUEST)).ok()?;
+    serde_json::from_slice::<ContainerSpec>(&request).ok()?.oci
+}
+
+/// SIGKILLs every process in the cgroup at `path` until none is left (one may fork
+/// while the others are killed).
+fn kill_cgroup(path: &str) {
+    use libcgroups::common::CgroupManager as _;
+    let Ok(manager) = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: path.trim_start_matches('/').into(),
+        systemd_cgroup: false,
+        container_name: String::new(),
+    }) else {
+        return;
+    };
+    for _ in 0..100 {
+        match manager.get_all_pids() {
+            Ok(pids) if !pids.is_empty() => {
+                for pid in pids {
+                    let pid = nix::unistd::Pid::from_raw(pid.as_raw());
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Whether the kernel's OOM killer acted in the container's memory cgroup.
-fn oom_killed(dir: &Path) -> bool {
-    let Ok(request) = std::fs::read(dir.join(files::REQUEST)) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<ContainerSpec>(&request) else {
-        return false;
-    };
-    let Some(oci) = spec.oci else { return false };
+fn oom_killed(oci: &crate::executor::OciOptions) -> bool {
     let rel = oci.cgroup.trim_start_matches('/');
     let candidates = [
         (Path::new("/sys/fs/cgroup/memory")
@@ -379,10 +408,13 @@ fn finish(dir: &Path, mut container: Container, exited: &Exited) {
     cleanup(dir);
 }
 
+/// Writes `value` whole or not at all, as far as any process can see (the rename). Not
+/// synced to disk: what these files describe (a running container) does not outlive the
+/// machine, and after a power cut a stale file names a process that is gone, which the
+/// agent reads as an exit.
 fn write_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
     serde_json::to_writer(&mut f, value)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

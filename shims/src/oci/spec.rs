@@ -210,10 +210,14 @@ fn config_json(spec: &ContainerSpec, oci: &OciOptions, host: &HostFacts) -> Valu
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cwd = if oci.cwd.is_empty() { "/" } else { &oci.cwd };
     let nofile = host.nofile_hard.min(1 << 20);
+    let pid = match &oci.pid_ns {
+        Some(path) => json!({"type": "pid", "path": path}),
+        None => json!({"type": "pid"}),
+    };
     let mut linux = json!({
         "cgroupsPath": format!("/{}", oci.cgroup.trim_start_matches('/')),
         "namespaces": [
-            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+            pid, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
             {"type": "cgroup"},
             {"type": "network", "path": oci.netns},
         ],
@@ -333,6 +337,7 @@ mod tests {
             },
             hostname: "web-1".into(),
             netns: "/run/netns/skiff-u".into(),
+            pid_ns: None,
             cgroup: "skiff/pod-u/web".into(),
             files: vec![("/pods/u/etc-hosts".into(), "/etc/hosts".into())],
             cpu_request_millis: Some(250),
@@ -422,6 +427,13 @@ mod tests {
                 .expect("namespaces")
                 .contains(&json!({"type": "network", "path": "/run/netns/skiff-u"}))
         );
+        assert!(
+            l["namespaces"]
+                .as_array()
+                .expect("namespaces")
+                .contains(&json!({"type": "pid"})),
+            "a PID namespace of its own"
+        );
         assert_eq!(l["resources"]["cpu"]["shares"], 256);
         assert_eq!(l["resources"]["pids"]["limit"], 4096);
         assert!(l["resources"].get("memory").is_none());
@@ -509,5 +521,13 @@ mod tests {
         let mut s = spec(|_, _| {});
         s.oci = None;
         assert!(runtime_spec(&s, &host()).is_err());
+    }
+
+    #[test]
+    fn a_shared_process_namespace_is_joined() {
+        let v = json_of(&spec(|_, o| o.pid_ns = Some("/proc/42/ns/pid".into())));
+        let ns = v["linux"]["namespaces"].as_array().expect("namespaces");
+        assert!(ns.contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"})));
+        assert_eq!(ns.iter().filter(|n| n["type"] == "pid").count(), 1);
     }
 }
