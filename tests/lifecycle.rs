@@ -63,6 +63,11 @@ async fn post_start_and_pre_stop_hooks_run_around_the_container() {
                 drain,
                 "      preStop:\n        exec: {command: [\"/bin/sh\", \"-c\", \"touch /tmp/drain; until [ -f /tmp/drained ]; do sleep 0.1; done\"]}\n",
             ),
+            // Killed by its liveness probe: preStop runs first, as for any stop. A healthy
+            // container of the pod reads what the hook wrote into their shared volume.
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: unhealthy\nspec:\n  terminationGracePeriodSeconds: 5\n  volumes: [{{name: data, emptyDir: {{}}}}]\n  containers:\n  - name: app\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", {serve:?}]\n    volumeMounts: [{{name: data, mountPath: /data}}]\n    livenessProbe:\n      tcpSocket: {{port: 9999}}\n      periodSeconds: 1\n      failureThreshold: 1\n    lifecycle:\n      preStop:\n        exec: {{command: [\"/bin/sh\", \"-c\", \"echo ran >> /data/pre-stop\"]}}\n  - name: reader\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", {serve:?}]\n    volumeMounts: [{{name: data, mountPath: /data}}]\n"
+            ),
             format!(
                 "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-hook\nspec:\n  runtimeClassName: wasm\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: app\n    image: {wasm}\n    lifecycle:\n      preStop:\n        exec: {{command: [\"true\"]}}\n"
             ),
@@ -83,6 +88,22 @@ async fn post_start_and_pre_stop_hooks_run_around_the_container() {
         status(Some(p)).is_some_and(|c| c.restart_count >= 1)
     })
     .await;
+
+    // A liveness kill runs preStop too.
+    wait_for(&pods, "unhealthy", "restarted by its liveness probe", |p| {
+        status(Some(p)).is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    let got = s.kubectl_ok(&[
+        "exec",
+        "unhealthy",
+        "-c",
+        "reader",
+        "--",
+        "cat",
+        "/data/pre-stop",
+    ]);
+    assert!(got.starts_with("ran\n"), "{got:?}");
 
     // preStop runs before SIGTERM: the main process sees its file and says so in the
     // log that `kubectl logs -f` streams until the container ends.

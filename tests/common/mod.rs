@@ -27,15 +27,26 @@ fn port_of(kubeconfig: &str) -> Option<u16> {
     line.rsplit(':').next()?.trim().parse().ok()
 }
 
+/// Where a test server's log goes (beside its data directory, so it is not part of the
+/// state tests look at); its end is printed when the test fails.
+fn log_path(dir: &Path) -> PathBuf {
+    dir.with_extension("log")
+}
+
 fn spawn_child(dir: &Path, port: u16, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir))
+        .expect("server log");
     Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["server", "--data-dir"])
         .arg(dir)
         .args(["--port", &port.to_string()])
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,libcgroups=error")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start skiff server")
 }
@@ -240,6 +251,18 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        let log = log_path(&self.dir);
+        if std::thread::panicking()
+            && let Ok(text) = std::fs::read_to_string(&log)
+        {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!(
+                "--- the end of the server's log ({}) ---\n{tail}",
+                log.display()
+            );
+        }
+        let _ = std::fs::remove_file(&log);
         // The Wasm host outlives the agent by design; a test's host ends with the test,
         // and so do the network namespaces of its pods.
         kill_node_leftovers(&self.agent_dir());

@@ -3,8 +3,9 @@
 //! running `postStart` and `preStop` hooks (see [`super::hooks`]).
 
 use super::specs::runner_of;
-use super::{Msg, ProbeRun, Worker, container_id, hooks, probes};
+use super::{Ctx, Msg, ProbeRun, Worker, container_id, hooks, probes};
 use crate::executors::Runtime;
+use skiff_api::events::ObjectRef;
 use skiff_shims::Executor;
 use std::time::{Duration, Instant};
 
@@ -141,7 +142,17 @@ impl Worker {
                 );
                 let id = container_id(&self.uid, &name);
                 let (ctx, runtime) = (self.ctx.clone(), slot.runtime.unwrap_or(Runtime::Wasm));
+                // As for any stop, the preStop hook runs first, within the grace period.
+                let pre_stop = hooks::hook(&slot.spec, hooks::Which::PreStop)
+                    .ok()
+                    .flatten()
+                    .zip(self.sandbox.as_ref().map(|s| s.netns.clone()));
                 tokio::spawn(async move {
+                    let mut grace = grace;
+                    if let Some((hook, netns)) = pre_stop {
+                        grace =
+                            run_pre_stop(&ctx, &object, &netns, &id, runtime, &hook, grace).await;
+                    }
                     let _ = runner_of(&ctx, runtime).stop(&id, grace).await;
                 });
             }
@@ -202,22 +213,7 @@ impl Worker {
         let Some(netns) = self.sandbox.as_ref().map(|s| s.netns.clone()) else {
             return grace;
         };
-        let started = Instant::now();
-        let target = hooks::Target {
-            runtime,
-            oci: self.ctx.oci.as_ref().ok(),
-            id,
-            netns: &netns,
-        };
-        if let Err(e) = hooks::run(hook, &target, grace).await {
-            let name = id.rsplit('/').next().unwrap_or(id);
-            self.ctx.recorder.warning(
-                &self.object(),
-                hooks::Which::PreStop.failed_reason(),
-                format!("PreStopHook of container {name} failed: {e}"),
-            );
-        }
-        grace.saturating_sub(started.elapsed())
+        run_pre_stop(&self.ctx, &self.object(), &netns, id, runtime, hook, grace).await
     }
 
     /// The pod's termination grace period.
@@ -230,4 +226,33 @@ impl Worker {
             .unwrap_or(30);
         Duration::from_secs(s.max(0) as u64)
     }
+}
+
+/// Runs `hook` for container `id` within `grace`; a failure is a `FailedPreStopHook`
+/// event. Returns what is left of `grace` for the stop signal.
+async fn run_pre_stop(
+    ctx: &Ctx,
+    object: &ObjectRef,
+    netns: &std::path::Path,
+    id: &str,
+    runtime: Runtime,
+    hook: &hooks::Hook,
+    grace: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let target = hooks::Target {
+        runtime,
+        oci: ctx.oci.as_ref().ok(),
+        id,
+        netns,
+    };
+    if let Err(e) = hooks::run(hook, &target, grace).await {
+        let name = id.rsplit('/').next().unwrap_or(id);
+        ctx.recorder.warning(
+            object,
+            hooks::Which::PreStop.failed_reason(),
+            format!("PreStopHook of container {name} failed: {e}"),
+        );
+    }
+    grace.saturating_sub(started.elapsed())
 }
