@@ -379,6 +379,7 @@ pub async fn start(
         host: host.clone(),
         oci,
         allow_privileged: cfg.allow_privileged,
+        seccomp_dir: dir.join("seccomp"),
         pod_max_pids: cfg.pod_max_pids,
         artifacts,
         sandboxes: cfg.sandboxes.clone(),

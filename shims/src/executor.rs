@@ -133,6 +133,10 @@ pub struct OciSecurity {
     /// Apply the default seccomp profile (`RuntimeDefault`); otherwise unconfined.
     #[serde(default)]
     pub seccomp_default: bool,
+    /// A `Localhost` profile from the node (the OCI runtime spec's `LinuxSeccomp`),
+    /// applied instead of the default one.
+    #[serde(default)]
+    pub seccomp_profile: Option<serde_json::Value>,
 }
 
 /// A verified artifact on local disk.

@@ -11,6 +11,8 @@
 //! - privileges: the default capability set with `add`/`drop`, `privileged` only where the
 //!   node allows it, `allowPrivilegeEscalation: false` as no_new_privs, seccomp.
 
+use std::path::Path;
+
 use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
 use serde::Deserialize;
 use skiff_shims::oci::spec::DEFAULT_CAPABILITIES;
@@ -272,21 +274,15 @@ pub fn security(pod: &Pod, c: &Container, allow_privileged: bool) -> Result<OciS
             }
         }
     }
-    let seccomp = sc
-        .and_then(|s| s.seccomp_profile.as_ref())
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.security_context.as_ref())
-                .and_then(|s| s.seccomp_profile.as_ref())
-        })
-        .map(|p| p.type_.as_str());
-    let seccomp_default = match seccomp {
+    let seccomp_default = match seccomp_of(pod, c).map(|p| p.type_.as_str()) {
         None | Some("Unconfined") => false,
         Some("RuntimeDefault") => true,
+        // Loaded from the node's profile directory by the caller (see
+        // [`localhost_profile`] and [`load_seccomp_profile`]).
+        Some("Localhost") => false,
         Some(other) => {
             return Err(format!(
-                "seccomp profile type {other} is not supported on this node (RuntimeDefault and Unconfined are)"
+                "seccomp profile type {other} is not supported on this node (RuntimeDefault, Localhost and Unconfined are)"
             ));
         }
     };
@@ -298,7 +294,56 @@ pub fn security(pod: &Pod, c: &Container, allow_privileged: bool) -> Result<OciS
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
         seccomp_default,
+        seccomp_profile: None,
     })
+}
+
+/// The container's seccomp profile, else the pod's.
+fn seccomp_of<'a>(
+    pod: &'a Pod,
+    c: &'a Container,
+) -> Option<&'a k8s_openapi::api::core::v1::SeccompProfile> {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.seccomp_profile.as_ref())
+        })
+}
+
+/// The `localhostProfile` a container's `Localhost` seccomp profile names, if it has one;
+/// an error if the name is missing or leaves the node's profile directory.
+pub fn localhost_profile(pod: &Pod, c: &Container) -> Result<Option<String>, String> {
+    let Some(p) = seccomp_of(pod, c).filter(|p| p.type_ == "Localhost") else {
+        return Ok(None);
+    };
+    let name = p.localhost_profile.as_deref().unwrap_or_default();
+    let inside = !name.is_empty()
+        && std::path::Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(format!(
+            "seccomp profile of container {}: localhostProfile {name:?} must be a relative path inside the node's profile directory",
+            c.name
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// Reads the seccomp profile `name` under `dir` (the agent's `seccomp/` directory, as the
+/// kubelet's is `/var/lib/kubelet/seccomp`): the OCI runtime spec's `LinuxSeccomp`
+/// JSON, which is also the format of Docker's and Kubernetes' example profiles.
+pub fn load_seccomp_profile(dir: &Path, name: &str) -> Result<serde_json::Value, String> {
+    let path = dir.join(name);
+    let text = std::fs::read(&path)
+        .map_err(|e| format!("failed to load seccomp profile {}: {e}", path.display()))?;
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&text)
+        .map_err(|e| format!("seccomp profile {} is not valid: {e}", path.display()))?;
+    serde_json::to_value(profile).map_err(|e| e.to_string())
 }
 
 /// The pod's hostname: `spec.hostname`, else its name (truncated to a DNS label).
@@ -513,7 +558,13 @@ mod tests {
         let err = s(priv_.clone(), false).expect_err("refused");
         assert!(err.contains("--allow-privileged"), "{err}");
         assert!(s(priv_, true).expect("allowed").privileged);
-        assert!(s(json!({"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x"}}}), false).is_err());
+        assert!(
+            s(
+                json!({"securityContext": {"seccompProfile": {"type": "Weird"}}}),
+                false
+            )
+            .is_err()
+        );
         let pod_level =
             pod(json!({"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}));
         assert!(
@@ -558,5 +609,55 @@ mod tests {
             resolv_conf(&pod(json!({})), "nameserver 9.9.9.9\n"),
             "nameserver 9.9.9.9\n"
         );
+    }
+
+    #[test]
+    fn localhost_seccomp_profiles_stay_in_the_profile_directory() {
+        let p = pod(json!({}));
+        let named = |name: serde_json::Value| {
+            localhost_profile(
+                &p,
+                &container(json!({"securityContext": {"seccompProfile":
+                    {"type": "Localhost", "localhostProfile": name}}})),
+            )
+        };
+        assert_eq!(named(json!("deny.json")), Ok(Some("deny.json".into())));
+        assert_eq!(named(json!("team/a.json")), Ok(Some("team/a.json".into())));
+        for bad in ["", "../etc/shadow", "/etc/x.json", "a/../../b"] {
+            let err = named(json!(bad)).expect_err(bad);
+            assert!(err.contains("must be a relative path"), "{bad}: {err}");
+        }
+        let pod_level = pod(json!({"securityContext": {"seccompProfile":
+            {"type": "Localhost", "localhostProfile": "p.json"}}}));
+        assert_eq!(
+            localhost_profile(&pod_level, &container(json!({}))),
+            Ok(Some("p.json".into()))
+        );
+        let runtime_default =
+            container(json!({"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}));
+        assert_eq!(
+            localhost_profile(&pod_level, &runtime_default),
+            Ok(None),
+            "the container's wins"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("deny.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("bad.json"),
+            r#"{"defaultAction": "SCMP_ACT_NOPE"}"#,
+        )
+        .unwrap();
+        let loaded = load_seccomp_profile(dir.path(), "deny.json").expect("loads");
+        assert_eq!(loaded["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(loaded["syscalls"][0]["names"], json!(["mkdir"]));
+        let err = load_seccomp_profile(dir.path(), "bad.json").expect_err("invalid");
+        assert!(err.contains("is not valid"), "{err}");
+        let err = load_seccomp_profile(dir.path(), "missing.json").expect_err("missing");
+        assert!(err.starts_with("failed to load seccomp profile"), "{err}");
     }
 }

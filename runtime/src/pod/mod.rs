@@ -67,6 +67,8 @@ pub struct Ctx {
     pub oci: Result<skiff_shims::oci::OciExecutor, String>,
     /// Whether `privileged` containers may run here.
     pub allow_privileged: bool,
+    /// Where `Localhost` seccomp profiles are (the agent's `seccomp/` directory).
+    pub seccomp_dir: std::path::PathBuf,
     /// Processes and threads a pod may have at once.
     pub pod_max_pids: i64,
     /// The artifact store.

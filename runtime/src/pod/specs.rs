@@ -119,8 +119,15 @@ impl Worker {
         let (passwd, group) = image_identity_files(&layers);
         let user = container::user(&self.pod, spec, &config, &passwd, &group)
             .map_err(|e| ("CreateContainerConfigError", e))?;
-        let security = container::security(&self.pod, spec, self.ctx.allow_privileged)
+        let mut security = container::security(&self.pod, spec, self.ctx.allow_privileged)
             .map_err(|e| ("CreateContainerConfigError", e))?;
+        if let Some(name) = container::localhost_profile(&self.pod, spec)
+            .map_err(|e| ("CreateContainerConfigError", e))?
+        {
+            let profile = container::load_seccomp_profile(&self.ctx.seccomp_dir, &name)
+                .map_err(|e| ("CreateContainerConfigError", e))?;
+            security.seccomp_profile = Some(profile);
+        }
         let files = self.pod_files().map_err(|e| ("CreateContainerError", e))?;
         let sandbox = self
             .sandbox

@@ -226,7 +226,9 @@ fn config_json(spec: &ContainerSpec, oci: &OciOptions, host: &HostFacts) -> Valu
     if !sec.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
-        if sec.seccomp_default {
+        if let Some(profile) = &sec.seccomp_profile {
+            linux["seccomp"] = profile.clone();
+        } else if sec.seccomp_default {
             linux["seccomp"] = seccomp_profile();
         }
     }
@@ -246,7 +248,10 @@ fn config_json(spec: &ContainerSpec, oci: &OciOptions, host: &HostFacts) -> Valu
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": sec.no_new_privs && !sec.privileged,
+            // Left out rather than `false`: libcontainer takes any value as "set" when it
+            // orders seccomp, and then loads the filter after dropping the capability
+            // that loading it without no_new_privs needs.
+            "noNewPrivileges": (sec.no_new_privs && !sec.privileged).then_some(true),
         },
         "root": {"path": host.rootfs, "readonly": sec.read_only_rootfs},
         "hostname": oci.hostname,
@@ -412,7 +417,7 @@ mod tests {
             json!({"uid": 65534, "gid": 65534, "additionalGids": [5]})
         );
         assert_eq!(p["rlimits"][0]["hard"], 20000);
-        assert_eq!(p["noNewPrivileges"], false);
+        assert_eq!(p["noNewPrivileges"], Value::Null, "left out");
         assert_eq!(
             p["capabilities"]["bounding"].as_array().map(Vec::len),
             Some(14)
@@ -511,7 +516,7 @@ mod tests {
                 .map(Vec::len),
             Some(ALL_CAPABILITIES.len())
         );
-        assert_eq!(v["process"]["noNewPrivileges"], false);
+        assert_eq!(v["process"]["noNewPrivileges"], Value::Null);
         assert!(v["linux"].get("maskedPaths").is_none());
         assert!(v["linux"].get("seccomp").is_none());
     }
@@ -529,5 +534,21 @@ mod tests {
         let ns = v["linux"]["namespaces"].as_array().expect("namespaces");
         assert!(ns.contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"})));
         assert_eq!(ns.iter().filter(|n| n["type"] == "pid").count(), 1);
+    }
+
+    #[test]
+    fn a_localhost_seccomp_profile_replaces_the_default() {
+        let profile = json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]});
+        let v = json_of(&spec(|_, o| {
+            o.security.seccomp_default = true;
+            o.security.seccomp_profile = Some(profile.clone());
+        }));
+        assert_eq!(v["linux"]["seccomp"], profile);
+        let s = spec(|_, o| o.security.seccomp_profile = Some(profile.clone()));
+        assert!(
+            runtime_spec(&s, &host()).is_ok(),
+            "libcontainer's types accept it"
+        );
     }
 }
