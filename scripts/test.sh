@@ -14,6 +14,8 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v umoci >/dev/null || need_apt+=(umoci)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Services: the node programs the kernel's nftables through `nft`.
+command -v nft >/dev/null || need_apt+=(nftables)
 # Linux containers: libcontainer links libseccomp; test images are made of busybox.
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 pkg-config --exists libseccomp 2>/dev/null || need_apt+=(libseccomp-dev)

@@ -15,6 +15,33 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// How a node's pods are networked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PodNetworkMode {
+    /// Loopback and hostPorts only.
+    None,
+    /// A veth to the node's bridge, an address of its podCIDR.
+    Bridge,
+}
+
+/// The address ranges of the cluster's pods (the node IPAM controller's flags).
+#[derive(Args, Clone, Copy)]
+pub(crate) struct PodNetworkArgs {
+    /// Pods' addresses come from here; each node gets a block of it (`spec.podCIDR`).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub(crate) cluster_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's block of the cluster CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub(crate) node_cidr_mask_size: u8,
+}
+
+impl PodNetworkArgs {
+    pub(crate) fn cidrs(self) -> anyhow::Result<skiff_controllers::nodeipam::PodCidrs> {
+        skiff_controllers::nodeipam::PodCidrs::new(self.cluster_cidr, self.node_cidr_mask_size)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run the control plane (apiserver on the embedded store).
@@ -64,6 +91,11 @@ pub(crate) enum Command {
         /// labelled to enforce when they do not say (`pod-security.kubernetes.io/enforce`).
         #[arg(long, default_value = "baseline", value_parser = parse_level)]
         pod_security_default: skiff_api::podsecurity::Level,
+        /// Services' ClusterIPs come from here.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: ipnet::Ipv4Net,
+        #[command(flatten)]
+        pod_network: PodNetworkArgs,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -148,6 +180,12 @@ pub(crate) enum Command {
         /// This node's name (default: the host name).
         #[arg(long)]
         node_name: Option<String>,
+        /// The cluster's pod addresses (the server's `--cluster-cidr`).
+        #[arg(long, default_value = "10.42.0.0/16")]
+        cluster_cidr: ipnet::Ipv4Net,
+        /// The cluster's ClusterIPs (the server's `--service-cidr`).
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: ipnet::Ipv4Net,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -167,6 +205,8 @@ pub(crate) enum Command {
         /// Kubeconfig of the apiserver to act for.
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
+        #[command(flatten)]
+        pod_network: PodNetworkArgs,
     },
     /// Manage how Secrets are kept at rest.
     Secrets {
@@ -311,6 +351,14 @@ pub(crate) struct NodeArgs {
     /// Port of the node's logs endpoint, which the apiserver reaches (0 picks one).
     #[arg(long, default_value_t = 10250)]
     pub(crate) node_port: u16,
+    /// `bridge`: each pod gets an address of the node's `podCIDR` on a bridge of the
+    /// node's own; `none`: pods have only their loopback and hostPorts.
+    #[arg(long, value_enum, default_value_t = PodNetworkMode::None)]
+    pub(crate) pod_network: PodNetworkMode,
+    /// With `--pod-network bridge`: do not masquerade pod traffic that leaves the
+    /// cluster CIDR (the network routes pod addresses itself).
+    #[arg(long)]
+    pub(crate) no_masquerade: bool,
     /// Address the apiserver reaches this node at (default: the bind address, or
     /// 127.0.0.1 when binding every address).
     #[arg(long)]

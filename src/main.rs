@@ -16,23 +16,45 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The cluster's address ranges, as a node needs them: pod addresses and ClusterIPs.
+#[derive(Clone, Copy)]
+struct ClusterRanges {
+    cluster_cidr: ipnet::Ipv4Net,
+    service_cidr: ipnet::Ipv4Net,
+}
+
 fn agent_config(
     args: &NodeArgs,
     node_name: String,
     data_dir: PathBuf,
     address: IpAddr,
     logs_token: String,
+    ranges: ClusterRanges,
 ) -> anyhow::Result<skiff_runtime::agent::AgentConfig> {
     use skiff_runtime::sandbox::{LinuxSandboxes, NoSandboxes, Sandboxes};
     let sandboxes: std::sync::Arc<dyn Sandboxes> = if is_root() {
-        std::sync::Arc::new(LinuxSandboxes::default())
+        std::sync::Arc::new(match args.pod_network {
+            cli::PodNetworkMode::Bridge => LinuxSandboxes::networked(),
+            cli::PodNetworkMode::None => LinuxSandboxes::default(),
+        })
     } else {
         tracing::warn!(
             "not running as root: pods cannot get network namespaces and will not start"
         );
         std::sync::Arc::new(NoSandboxes)
     };
+    // The Service proxy comes with the pod network: without one, nothing of a pod is
+    // reachable at a ClusterIP's endpoints.
+    let proxy = (args.pod_network == cli::PodNetworkMode::Bridge && is_root()).then(|| {
+        skiff_runtime::proxy::nft::Config {
+            table: skiff_runtime::proxy::nft::table_name(&node_name),
+            cluster_cidr: ranges.cluster_cidr,
+            service_cidr: ranges.service_cidr,
+            masquerade_egress: !args.no_masquerade,
+        }
+    });
     Ok(skiff_runtime::agent::AgentConfig {
+        proxy,
         node_name,
         data_dir,
         address: address.to_string(),
@@ -194,11 +216,13 @@ fn spawn_scheduler(
 fn spawn_controllers(
     client: kube::Client,
     root_ca: String,
+    pod_cidrs: skiff_controllers::nodeipam::PodCidrs,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = skiff_controllers::Config {
         host: hostname(),
         root_ca: Some(root_ca),
+        pod_cidrs: Some(pod_cidrs),
     };
     tokio::spawn(async move {
         tracing::info!("controllers started");
@@ -306,8 +330,11 @@ fn main() -> anyhow::Result<()> {
             audit_log_max_size_mib,
             audit_log_max_backups,
             pod_security_default,
+            service_cidr,
+            pod_network,
             node,
         } => {
+            let pod_cidrs = pod_network.cidrs()?;
             init_logs();
             let node_name = node_name.unwrap_or_else(hostname);
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
@@ -328,6 +355,7 @@ fn main() -> anyhow::Result<()> {
                         max_backups: audit_log_max_backups,
                     }),
                     pod_security_default,
+                    service_cidr,
                 };
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let stop = async move {
@@ -353,6 +381,10 @@ fn main() -> anyhow::Result<()> {
                                     agent_dir.clone(),
                                     address,
                                     creds.logs_token.clone(),
+                                    ClusterRanges {
+                                        cluster_cidr: pod_network.cluster_cidr,
+                                        service_cidr,
+                                    },
                                 )
                                 .map(|cfg| (client, cfg))
                             });
@@ -384,6 +416,7 @@ fn main() -> anyhow::Result<()> {
                             Ok(client) => spawn_controllers(
                                 client,
                                 r.credentials.ca_pem.clone(),
+                                pod_cidrs,
                                 stop_rx.clone(),
                             ),
                             Err(e) => tracing::error!(error = %e, "cannot start the controllers"),
@@ -490,11 +523,17 @@ fn main() -> anyhow::Result<()> {
             token_file,
             data_dir,
             node_name,
+            cluster_cidr,
+            service_cidr,
             node,
         } => {
             init_logs();
             let node_name = node_name.unwrap_or_else(hostname);
             let data_dir = data_dir.unwrap_or_else(|| default_data_dir().join("agent"));
+            let ranges = ClusterRanges {
+                cluster_cidr,
+                service_cidr,
+            };
             runtime()?.block_on(async move {
                 let Some((creds, client)) =
                     join::credentials(&server, token_file.as_deref(), &node_name, &data_dir)
@@ -506,8 +545,14 @@ fn main() -> anyhow::Result<()> {
                     Some(ip) => ip,
                     None => local_address_towards(&server).unwrap_or(IpAddr::from([127, 0, 0, 1])),
                 };
-                let cfg =
-                    agent_config(&node, node_name.clone(), data_dir, address, creds.logs_token)?;
+                let cfg = agent_config(
+                    &node,
+                    node_name.clone(),
+                    data_dir,
+                    address,
+                    creds.logs_token,
+                    ranges,
+                )?;
                 let (started, run) =
                     skiff_runtime::agent::start(client, cfg, shutdown_signal()).await?;
                 tracing::info!(node = %node_name, %address, logs = %started.logs_addr, "node agent started");
@@ -545,13 +590,18 @@ fn main() -> anyhow::Result<()> {
                     .context("scheduler")
             })
         }
-        Command::Controllers { kubeconfig } => {
+        Command::Controllers {
+            kubeconfig,
+            pod_network,
+        } => {
             init_logs();
+            let pod_cidrs = pod_network.cidrs()?;
             runtime()?.block_on(async move {
                 let client = skiff_api::client::from_kubeconfig(&kubeconfig).await?;
                 let config = skiff_controllers::Config {
                     host: hostname(),
                     root_ca: admin::cluster_ca(&kubeconfig).ok(),
+                    pod_cidrs: Some(pod_cidrs),
                 };
                 tracing::info!(kubeconfig = %kubeconfig.display(), "controllers started");
                 skiff_controllers::run(client, config, shutdown_signal())

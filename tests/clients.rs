@@ -66,6 +66,67 @@ async fn rust_kube_client_lists_creates_patches_and_watches() {
     assert!(pods.get_opt("rs-pod").await.expect("get").is_none());
 }
 
+/// Writers racing on one object each land (the server re-reads and re-applies, as
+/// Kubernetes' GuaranteedUpdate does); only a write that pins an old resourceVersion is
+/// refused. A scheduler's binding racing status patches once lost its pod this way.
+#[tokio::test]
+async fn concurrent_patches_and_a_binding_all_land_and_only_a_pinned_write_conflicts() {
+    let s = Server::start();
+    let client = kube_client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "raced"},
+        "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": "registry.local/app:1"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let old_rv = created.metadata.resource_version.clone().unwrap();
+
+    let mut writes = Vec::new();
+    for i in 0..16 {
+        let pods = pods.clone();
+        writes.push(tokio::spawn(async move {
+            let label = serde_json::json!({"metadata": {"labels": {format!("k{i}"): "v"}}});
+            pods.patch("raced", &PatchParams::default(), &Patch::Merge(&label))
+                .await
+                .map(|_| ())?;
+            let cond = serde_json::json!({"status": {"conditions": [
+                {"type": format!("example.com/c{i}"), "status": "True"}]}});
+            pods.patch_status("raced", &PatchParams::default(), &Patch::Merge(&cond))
+                .await
+                .map(|_| ())
+        }));
+    }
+    let binding = serde_json::json!({
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "raced"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "somewhere"},
+    });
+    pods.create_subresource::<_, serde_json::Value>(
+        "binding",
+        "raced",
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .expect("the binding lands");
+    for w in writes {
+        w.await.unwrap().expect("every concurrent patch lands");
+    }
+    let got = pods.get("raced").await.unwrap();
+    assert_eq!(got.spec.unwrap().node_name.as_deref(), Some("somewhere"));
+    assert_eq!(got.metadata.labels.unwrap().len(), 16);
+
+    let pinned =
+        serde_json::json!({"metadata": {"resourceVersion": old_rv, "labels": {"late": "v"}}});
+    match pods
+        .patch("raced", &PatchParams::default(), &Patch::Merge(&pinned))
+        .await
+    {
+        Err(kube::Error::Api(st)) => assert_eq!((st.code, st.reason.as_str()), (409, "Conflict")),
+        other => panic!("a stale pinned patch must conflict, got {other:?}"),
+    }
+}
+
 #[test]
 fn python_kubernetes_client_lists_creates_patches_and_watches() {
     let s = Server::start();

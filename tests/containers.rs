@@ -122,6 +122,7 @@ fn container(f: &Fixture, name: &str, args: &[&str]) -> ContainerSpec {
                 ..Default::default()
             },
             host_ports: vec![],
+            stdin: false,
         }),
     }
 }

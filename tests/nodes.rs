@@ -666,3 +666,105 @@ async fn a_plain_join_secret_from_an_older_version_keeps_working() {
             .starts_with("skiff-node.old-node-2.")
     );
 }
+
+/// The node IPAM controller: Nodes registering together get distinct blocks of the
+/// cluster CIDR; a Node that has one keeps it; a full range leaves a Node without one
+/// until a deleted Node frees its block.
+#[tokio::test]
+async fn every_node_gets_a_pod_cidr_of_its_own_and_blocks_come_back() {
+    let s = Server::start_with(&[
+        "--no-scheduler",
+        "--cluster-cidr",
+        "10.50.0.0/22",
+        "--node-cidr-mask-size",
+        "24",
+    ]);
+    let nodes: Api<Node> = Api::all(kube_client(&s).await);
+    let mut preset = node_obj("preset");
+    preset.spec = Some(serde_json::from_value(json!({"podCIDR": "10.50.2.0/24"})).unwrap());
+    nodes.create(&PostParams::default(), &preset).await.unwrap();
+    let names = ["n-a", "n-b", "n-c"];
+    let creates = names.map(|n| {
+        let nodes = nodes.clone();
+        async move { nodes.create(&PostParams::default(), &node_obj(n)).await }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.unwrap();
+    }
+    let cidr_of = |nodes: Api<Node>, name: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = nodes.get(name).await.unwrap();
+            if let Some(c) = n.spec.and_then(|s| s.pod_cidr) {
+                return Some(c);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut got = std::collections::BTreeSet::new();
+    for n in names {
+        got.insert(cidr_of(nodes.clone(), n).await.expect("a pod CIDR"));
+    }
+    let want: std::collections::BTreeSet<String> = ["10.50.0.0/24", "10.50.1.0/24", "10.50.3.0/24"]
+        .map(String::from)
+        .into();
+    assert_eq!(got, want, "distinct blocks, around the one set by hand");
+    assert_eq!(
+        cidr_of(nodes.clone(), "preset").await.as_deref(),
+        Some("10.50.2.0/24")
+    );
+
+    // The range is full: a fifth node waits, and gets the block of a deleted node.
+    nodes
+        .create(&PostParams::default(), &node_obj("late"))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::all(kube_client(&s).await);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            if list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("CIDRNotAvailable")
+                    && e.involved_object.name.as_deref() == Some("late")
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a CIDRNotAvailable event for the node that found the range full");
+    let b = nodes
+        .get("n-b")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .pod_cidr
+        .unwrap();
+    assert!(
+        nodes
+            .get("late")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .is_none(),
+        "no block is left"
+    );
+    nodes.delete("n-b", &DeleteParams::default()).await.unwrap();
+    // The controller retries a full range every 5 s.
+    let late = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(c) = cidr_of(nodes.clone(), "late").await {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("the freed block is handed out again");
+    assert_eq!(late, b);
+}

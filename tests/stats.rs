@@ -1,5 +1,6 @@
 //! The node's resource usage (`/stats/summary`), through the apiserver's node proxy, with
-//! real containers whose usage is known: one holding memory, one burning CPU.
+//! real containers whose usage is known: one holding memory, one burning CPU, and a Wasm
+//! guest doing both.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -34,10 +35,15 @@ fn container_of<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_reports_pod_and_container_usage_from_their_cgroups() {
+async fn the_node_reports_pod_and_container_usage_from_cgroups_and_the_wasm_host() {
     let reg = common::Registry::start();
     let image = reg.push_example_image("busybox:1");
-    let wasm = reg.push(&common::guest("hello-http-c.wasm"), "hello:c");
+    // 32 MiB of linear memory (512 pages), then a busy loop.
+    let wasm = reg.push_wat(
+        r#"(module (memory (export "memory") 1)
+          (func (export "_start") (drop (memory.grow (i32.const 511))) (loop $l (br $l))))"#,
+        "spinner:1",
+    );
     let s = common::Server::start_node("edge-st", &[]);
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(common::kube_client(&s).await);
     apply(
@@ -108,12 +114,21 @@ async fn the_node_reports_pod_and_container_usage_from_their_cgroups() {
         "a busy loop uses most of a core: {cores} nanocores"
     );
 
-    // Wasm guests have no cgroup of their own: listed, without figures.
+    // A Wasm guest has no cgroup of its own: the Wasm host accounts for it.
     let guest = pod_of(&sum, "guest").unwrap();
     let app = container_of(guest, "app").unwrap();
+    let cores = app["cpu"]["usageNanoCores"].as_u64().unwrap();
     assert!(
-        app.get("cpu").is_none() && app.get("memory").is_none(),
-        "{app}"
+        cores > 300_000_000,
+        "a spinning guest uses most of a core: {cores} nanocores"
+    );
+    let mem = app["memory"]["workingSetBytes"].as_u64().unwrap();
+    assert_eq!(mem, 32 << 20, "its linear memory: {app}");
+    assert!(
+        guest["memory"]["workingSetBytes"].as_u64().unwrap() >= mem
+            && guest["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap()
+                >= app["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap(),
+        "the pod's figures include its Wasm containers': {guest}"
     );
 
     // The node proxy reaches nothing else of the agent.

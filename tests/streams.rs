@@ -36,36 +36,49 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_exec_runs_processes_in_containers_as_the_container_runs() {
-    let reg = common::Registry::start();
-    let image = reg.push_example_image("busybox:1");
-    let s = common::Server::start_node("edge-x", &[]);
-    let pod = web(&s, &image, common::free_port());
+/// Waits (up to 5 s) inside the container until its terminal has the client's size:
+/// kubectl sends it on the resize stream, which may arrive after the command starts.
+const SIZED: &str =
+    "i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done";
 
-    // The README's step, and an exit code with stdout and stderr apart.
-    assert_eq!(
-        s.kubectl_ok(&["exec", "deploy/web", "--", "cat", "/etc/hostname"])
-            .trim(),
-        pod
-    );
-    let out = s.kubectl(&[
+/// kubectl exec's everyday uses, over WebSocket or (`websockets` false) SPDY: the
+/// README's step, an exit code with stdout and stderr apart, stdin to its end, a missing
+/// command, a terminal with the client's size.
+fn exec_basics(s: &common::Server, pod: &str, websockets: bool) {
+    let via = if websockets { "websocket" } else { "spdy" };
+    let kubectl = |args: &[&str]| {
+        let mut c = s.kubectl_cmd();
+        c.env(
+            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        )
+        .args(args);
+        c
+    };
+    let out = kubectl(&["exec", "deploy/web", "--", "cat", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{via}: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), pod, "{via}");
+    let out = kubectl(&[
         "exec",
-        &pod,
+        pod,
         "--",
         "sh",
         "-c",
         "echo out; echo err >&2; exit 3",
-    ]);
-    assert_eq!(out.status.code(), Some(3));
-    assert_eq!(text(&out.stdout), "out\n");
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{via}");
+    assert_eq!(text(&out.stdout), "out\n", "{via}");
     let err = text(&out.stderr);
-    assert!(err.starts_with("err\n"), "{err}");
-    assert!(err.contains("command terminated with exit code 3"), "{err}");
-    // stdin, to its end.
-    let mut child = s
-        .kubectl_cmd()
-        .args(["exec", "-i", &pod, "--", "sh", "-c", "cat; echo done"])
+    assert!(err.starts_with("err\n"), "{via}: {err}");
+    assert!(
+        err.contains("command terminated with exit code 3"),
+        "{via}: {err}"
+    );
+    let mut child = kubectl(&["exec", "-i", pod, "--", "sh", "-c", "cat; echo done"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -77,22 +90,22 @@ async fn kubectl_exec_runs_processes_in_containers_as_the_container_runs() {
         .write_all(b"line one\nline two\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
-    // A command that does not exist is an error that names it.
-    let out = s.kubectl(&["exec", &pod, "--", "no-such-command"]);
-    assert!(!out.status.success());
+    assert!(out.status.success(), "{via}");
+    assert_eq!(text(&out.stdout), "line one\nline two\ndone\n", "{via}");
+    let out = kubectl(&["exec", pod, "--", "no-such-command"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{via}");
     assert!(
         text(&out.stderr).contains("no-such-command"),
-        "{}",
+        "{via}: {}",
         text(&out.stderr)
     );
-
-    // A terminal (-it), with the size kubectl's terminal has.
     let out = std::process::Command::new("script")
         .args(["-qec"])
         .arg(format!(
-            "stty cols 91 rows 27; KUBECONFIG={} kubectl exec -it {pod} -- sh -c 'tty; stty size; exit 4'",
+            "stty cols 91 rows 27; KUBECTL_REMOTE_COMMAND_WEBSOCKETS={websockets} KUBECONFIG={} \
+             kubectl exec -it {pod} -- sh -c 'tty; {SIZED}; stty size; exit 4'",
             s.kubeconfig().display()
         ))
         .arg("/dev/null")
@@ -100,12 +113,25 @@ async fn kubectl_exec_runs_processes_in_containers_as_the_container_runs() {
         .output()
         .unwrap();
     let shown = text(&out.stdout);
-    assert!(shown.contains("/dev/pts/"), "{shown}");
-    assert!(shown.contains("27 91"), "{shown}");
+    assert!(shown.contains("/dev/pts/"), "{via}: {shown}");
+    assert!(shown.contains("27 91"), "{via}: {shown}");
     assert!(
         shown.contains("command terminated with exit code 4"),
-        "{shown}"
+        "{via}: {shown}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_runs_processes_in_containers_as_the_container_runs() {
+    let reg = common::Registry::start();
+    let image = reg.push_example_image("busybox:1");
+    let s = common::Server::start_node("edge-x", &[]);
+    let pod = web(&s, &image, common::free_port());
+
+    // kubectl's default transport (WebSocket v5), then SPDY as client-go spoke it
+    // before 1.30.
+    exec_basics(&s, &pod, true);
+    exec_basics(&s, &pod, false);
 
     // A client that goes away takes its process with it.
     let mut gone = s
@@ -383,42 +409,118 @@ async fn attach_streams_what_a_container_writes_from_then_on() {
         "pod/ticker",
         "--timeout=60s",
     ]);
-    let mut child = s
-        .kubectl_cmd()
-        .args(["attach", "ticker", "-c", "app"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    while seen.len() < 5 {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "attach ended: {seen:?}"
-        );
-        if line.starts_with("tick ") {
-            seen.push(line.trim().to_string());
+    // kubectl's default (WebSocket), then SPDY.
+    for websockets in [true, false] {
+        let mut child = s
+            .kubectl_cmd()
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets.to_string())
+            .args(["attach", "ticker", "-c", "app"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "attach ended (websockets: {websockets}): {seen:?}"
+            );
+            if line.starts_with("tick ") {
+                seen.push(line.trim().to_string());
+            }
         }
+        child.kill().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let _ = child.wait();
+        // Consecutive lines, live: each one number past the last.
+        let n: Vec<u64> = seen
+            .iter()
+            .map(|l| l.trim_start_matches("tick ").parse().unwrap())
+            .collect();
+        assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+        assert!(
+            err.contains("tock "),
+            "stderr comes on its own channel (websockets: {websockets}): {err}"
+        );
     }
-    child.kill().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let _ = child.wait();
-    // Consecutive lines, live: each one number past the last.
-    let n: Vec<u64> = seen
-        .iter()
-        .map(|l| l.trim_start_matches("tick ").parse().unwrap())
-        .collect();
-    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
-    assert!(
-        err.contains("tock "),
-        "stderr comes on its own channel: {err}"
+}
+
+/// `kubectl attach -i` to a container with `stdin: true`: what is typed reaches the
+/// container, over WebSocket and SPDY, and its stdin stays open from one attach to the
+/// next (no `stdinOnce`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_i_writes_to_the_stdin_of_a_container_that_keeps_one() {
+    let reg = common::Registry::start();
+    let image = reg.push_example_image("busybox:1");
+    let s = common::Server::start_node("edge-ai", &[]);
+    apply(
+        &s,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: echoer\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {image}\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"while read l; do echo \\\"got $l\\\"; done; echo stdin closed\"]\n"
+        ),
     );
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/echoer",
+        "--timeout=60s",
+    ]);
+    for websockets in [true, false] {
+        let mut child = s
+            .kubectl_cmd()
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets.to_string())
+            .args(["attach", "-i", "echoer", "-c", "app"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let word = format!("hello-{websockets}");
+        // Typed until seen: attach follows output from its start, so a line written
+        // before kubectl was connected would not come back.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            while out.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if tx.send(line.trim().to_string()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !seen.contains(&format!("got {word}")) {
+            assert!(
+                Instant::now() < deadline,
+                "no echo (websockets: {websockets}): {seen:?}"
+            );
+            writeln!(input, "{word}").unwrap();
+            input.flush().unwrap();
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+                seen.push(l);
+            }
+        }
+        assert!(!seen.iter().any(|l| l == "stdin closed"), "{seen:?}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        drop(input);
+        let _ = reader.join();
+    }
+    // Both sessions over, the container still reads its stdin: never restarted.
+    let pods: kube::Api<Pod> = kube::Api::namespaced(common::kube_client(&s).await, "default");
+    let st = pods.get("echoer").await.unwrap().status.unwrap();
+    let c = &st.container_statuses.unwrap()[0];
+    assert_eq!(c.restart_count, 0);
+    assert!(c.state.as_ref().unwrap().running.is_some(), "{c:?}");
 }

@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, node, rbac,
+    apps, authentication, authorization, batch, coordination, core, discovery, node, rbac,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -94,6 +94,7 @@ pub fn typed(res: &Resource, obj: Value, fv: FieldValidation) -> ApiResult<(Valu
         "Node" => roundtrip::<core::v1::Node>(res, &obj)?,
         "Service" => roundtrip::<core::v1::Service>(res, &obj)?,
         "Endpoints" => roundtrip::<core::v1::Endpoints>(res, &obj)?,
+        "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(res, &obj)?,
         "ConfigMap" => roundtrip::<core::v1::ConfigMap>(res, &obj)?,
         "Secret" => roundtrip::<core::v1::Secret>(res, &obj)?,
         "Event" => roundtrip::<core::v1::Event>(res, &obj)?,

@@ -20,6 +20,7 @@
 //!     local_node: None,
 //!     audit: None,
 //!     pod_security_default: skiff_api::podsecurity::Level::Baseline,
+//!     service_cidr: skiff_api::apiserver::serviceips::default_service_cidr(),
 //! };
 //! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
 //! # }

@@ -217,6 +217,18 @@ pub static RESOURCES: &[Resource] = &[
         Subdomain
     ),
     res!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        &[],
+        &[],
+        Subdomain
+    ),
+    res!(
         "",
         "v1",
         "ConfigMap",

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub audit: Option<crate::audit::AuditConfig>,
     /// The Pod Security enforce level new namespaces are labelled with.
     pub pod_security_default: crate::podsecurity::Level,
+    /// Where Services' ClusterIPs come from.
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// Failures that stop the server.
@@ -240,6 +242,7 @@ pub async fn run(
         })?;
         api.enable_audit(log);
     }
+    api.set_service_cidr(config.service_cidr);
     api.bootstrap()
         .await
         .map_err(|e| ServerError::Bootstrap(e.to_string()))?;

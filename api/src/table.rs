@@ -134,6 +134,18 @@ fn columns(kind: &str) -> Vec<Col> {
             ("Endpoints", "string", 0, "Endpoints of the service."),
             AGE,
         ],
+        "EndpointSlice" => vec![
+            NAME,
+            ("AddressType", "string", 0, "The type of the addresses."),
+            ("Ports", "string", 0, "The ports of the slice."),
+            (
+                "Endpoints",
+                "string",
+                0,
+                "The addresses of the slice's endpoints.",
+            ),
+            AGE,
+        ],
         "ConfigMap" => vec![NAME, ("Data", "string", 0, "Number of keys."), AGE],
         "Secret" => vec![
             NAME,
@@ -344,6 +356,14 @@ fn s(v: &Value) -> String {
 
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
+}
+
+/// The first three of a list, and how many more there are, as kubectl shows endpoints.
+fn first_few(items: &[String]) -> String {
+    match items.len() {
+        0..=3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
 }
 
 fn or_none(x: String) -> String {
@@ -571,7 +591,33 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                     }
                 }
             }
-            vec![name, json!(or_none(eps.join(","))), json!(created)]
+            vec![name, json!(or_none(first_few(&eps))), json!(created)]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map_or("<unset>".into(), |n| n.to_string())
+                })
+                .collect();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten().map(s))
+                .collect();
+            let unset = |x: String| if x.is_empty() { "<unset>".into() } else { x };
+            vec![
+                name,
+                json!(s(&o["addressType"])),
+                json!(unset(ports.join(","))),
+                json!(unset(first_few(&addrs))),
+                json!(created),
+            ]
         }
         "ConfigMap" => {
             let n = o["data"].as_object().map_or(0, |m| m.len())

@@ -1,7 +1,9 @@
 //! Skiff's controllers: the ReplicaSet, Deployment, Job and DaemonSet reconcilers that
 //! turn those objects into Pods, the ServiceAccount controller that gives every namespace
 //! its `default` ServiceAccount and the cluster CA ([`serviceaccounts`]), and the
-//! ClusterRole aggregation controller ([`clusterroles`]), as ordinary API clients (in `skiff server`, or alone as
+//! ClusterRole aggregation controller ([`clusterroles`]) the node IPAM controller that
+//! gives each Node a block of the cluster CIDR ([`nodeipam`]), and the EndpointSlice and
+//! Endpoints controllers that list each Service's pods ([`endpoints`]), as ordinary API clients (in `skiff server`, or alone as
 //! `skiff controllers --kubeconfig FILE`, against any Kubernetes-compatible apiserver).
 //!
 //! Start reading at [`run::run`]: it fills one shared cache per kind ([`cache`]: one
@@ -32,8 +34,10 @@ pub mod children;
 pub mod clusterroles;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod job;
+pub mod nodeipam;
 pub mod pods;
 pub mod replicaset;
 pub mod run;

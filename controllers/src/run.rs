@@ -14,12 +14,13 @@
 use crate::cache::{Cache, Changed, Informer, informer};
 use crate::expectations::Expectations;
 use crate::pods::{Matcher, controller_of, terminating};
-use crate::{daemonset, deployment, job, replicaset};
+use crate::{daemonset, deployment, endpoints, job, replicaset};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::runtime::controller::{self, Action, ReconcileRequest, applier};
 use kube::runtime::reflector::ObjectRef;
@@ -40,6 +41,8 @@ pub struct Config {
     /// The cluster CA, published in every namespace as `kube-root-ca.crt` (`None`: not
     /// published).
     pub root_ca: Option<String>,
+    /// Give each Node a block of the cluster CIDR (`None`: Nodes keep what they have).
+    pub pod_cidrs: Option<crate::nodeipam::PodCidrs>,
 }
 
 /// Why the controllers stopped.
@@ -62,6 +65,10 @@ pub struct Context {
     pub nodes: Cache<Node>,
     /// All runtime classes (their node selectors narrow where daemon sets run).
     pub runtime_classes: Cache<RuntimeClass>,
+    /// All EndpointSlices.
+    pub endpoint_slices: Cache<EndpointSlice>,
+    /// All legacy Endpoints.
+    pub endpoints: Cache<Endpoints>,
     /// Writes not yet seen in the caches, by owner uid.
     pub expectations: Expectations,
     /// Events about the workloads.
@@ -218,6 +225,15 @@ pub async fn run(
     let (daemonsets, ds_informer) = informer(Api::<DaemonSet>::all(client.clone()));
     let (nodes, node_informer) = informer(Api::<Node>::all(client.clone()));
     let (classes, class_informer) = informer(Api::<RuntimeClass>::all(client.clone()));
+    let (services, svc_informer) = informer(Api::<Service>::all(client.clone()));
+    let (slices, slice_informer) = informer(Api::<EndpointSlice>::all(client.clone()));
+    let (eps, ep_informer) = informer(Api::<Endpoints>::all(client.clone()));
+    let (svc_tx, svc_rx) = mpsc::unbounded();
+    let to_services = Arc::new(endpoints::Routes {
+        tx: svc_tx,
+        services: services.clone(),
+        slices: slices.clone(),
+    });
     let (rs_tx, rs_rx) = mpsc::unbounded();
     let (deploy_tx, deploy_rx) = mpsc::unbounded();
     let (job_tx, job_rx) = mpsc::unbounded();
@@ -234,10 +250,15 @@ pub async fn run(
             dss: daemonsets.clone(),
         };
         let deploy_tx = deploy_tx.clone();
+        let to_services = to_services.clone();
         tasks.push(spawn_informer(pod_informer, move |c| match c {
-            Changed::One(p) => route_pod(p, &to),
+            Changed::One(p) => {
+                route_pod(p, &to);
+                to_services.pod(p);
+            }
             Changed::Gone(p) => {
                 route_pod(p, &to);
+                to_services.pod(p);
                 // A Recreate rollout waits for the old pods to be gone, not just counted
                 // out: their owner's Deployment hears of it.
                 if let Some(o) = controller_of(&p.metadata).filter(|o| o.kind == "ReplicaSet") {
@@ -255,6 +276,7 @@ pub async fn run(
                 send_all(&to.rs_tx, &to.rss);
                 send_all(&to.job_tx, &to.jobs);
                 send_all(&to.ds_tx, &to.dss);
+                to_services.all();
             }
         }));
     }
@@ -315,6 +337,30 @@ pub async fn run(
         let (tx, dss) = (ds_tx.clone(), daemonsets.clone());
         tasks.push(spawn_informer(class_informer, move |_| send_all(&tx, &dss)));
     }
+    {
+        let to = to_services.clone();
+        tasks.push(spawn_informer(svc_informer, move |c| match c {
+            Changed::One(s) | Changed::Gone(s) => to.send(
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                &s.name_any(),
+            ),
+            Changed::All => to.all(),
+        }));
+    }
+    {
+        let to = to_services.clone();
+        tasks.push(spawn_informer(slice_informer, move |c| match c {
+            Changed::One(s) | Changed::Gone(s) => to.slice(s),
+            Changed::All => to.all(),
+        }));
+    }
+    {
+        let to = to_services.clone();
+        tasks.push(spawn_informer(ep_informer, move |c| match c {
+            Changed::One(e) | Changed::Gone(e) => to.endpoints(e),
+            Changed::All => to.all(),
+        }));
+    }
     let abort = || {
         for t in &tasks {
             t.abort();
@@ -332,6 +378,9 @@ pub async fn run(
         let _ = daemonsets.store().wait_until_ready().await;
         let _ = nodes.store().wait_until_ready().await;
         let _ = classes.store().wait_until_ready().await;
+        let _ = services.store().wait_until_ready().await;
+        let _ = slices.store().wait_until_ready().await;
+        let _ = eps.store().wait_until_ready().await;
     };
     tokio::select! {
         _ = synced => {}
@@ -355,9 +404,19 @@ pub async fn run(
         replicasets: replicasets.clone(),
         nodes,
         runtime_classes: classes,
+        endpoint_slices: slices,
+        endpoints: eps,
         expectations: Expectations::default(),
     });
-    let loops = futures::future::join4(
+    let ipam_recorder = ctx.recorder.clone();
+    let endpoint_loop = drive(
+        "Service",
+        endpoints::reconcile,
+        ctx.clone(),
+        services,
+        svc_rx,
+    );
+    let loops = futures::future::join5(
         drive(
             "ReplicaSet",
             replicaset::reconcile,
@@ -374,12 +433,23 @@ pub async fn run(
         ),
         drive("Job", job::reconcile, ctx.clone(), jobs, job_rx),
         drive("DaemonSet", daemonset::reconcile, ctx, daemonsets, ds_rx),
+        endpoint_loop,
     );
-    let aggregation = crate::clusterroles::run(client_for_roles, std::future::pending());
+    let aggregation = crate::clusterroles::run(client_for_roles.clone(), std::future::pending());
+    let ipam = async {
+        match config.pod_cidrs {
+            Some(c) => {
+                let stop = std::future::pending();
+                crate::nodeipam::run(client_for_roles, c, ipam_recorder, stop).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = loops => {}
         _ = accounts => {}
         _ = aggregation => {}
+        _ = ipam => {}
         _ = &mut stop => {}
     }
     abort();

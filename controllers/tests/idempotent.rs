@@ -52,6 +52,8 @@ fn stale_context(client: &Client) -> Arc<Context> {
         replicasets: informer(Api::<ReplicaSet>::all(client.clone())).0,
         nodes: informer(Api::all(client.clone())).0,
         runtime_classes: informer(Api::all(client.clone())).0,
+        endpoint_slices: informer(Api::all(client.clone())).0,
+        endpoints: informer(Api::all(client.clone())).0,
         expectations: Expectations::default(),
         recorder: Recorder::new(client.clone(), "test", "test"),
     })
@@ -139,4 +141,37 @@ async fn a_second_reconcile_before_the_cache_catches_up_creates_nothing() {
         .unwrap()
         .items;
     assert_eq!(sets.len(), 1, "{sets:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_slices_are_written_once_however_often_it_is_reconciled() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let c = cluster().await;
+    let svc: Service = parse(
+        r#"{"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+            "ports": [{"port": 80}]}}"#,
+    );
+    let svc = Api::<Service>::namespaced(c.client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let ctx = stale_context(&c.client);
+    for _ in 0..3 {
+        skiff_controllers::endpoints::reconcile(Arc::new(svc.clone()), ctx.clone())
+            .await
+            .unwrap();
+    }
+    let slices = Api::<EndpointSlice>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+    assert_eq!(slices.items.len(), 1, "one slice, replaced in place");
+    assert!(
+        Api::<Endpoints>::namespaced(c.client.clone(), "default")
+            .get_opt("web")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

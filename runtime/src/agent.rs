@@ -77,6 +77,8 @@ pub struct AgentConfig {
     /// Header-read timeout and connection caps of the logs endpoint; the timeout and
     /// total cap also apply to each Wasm HTTP service's ports.
     pub http_limits: skiff_api::listen::Limits,
+    /// The Service proxy's rules (`None`: this node forwards no ClusterIP traffic).
+    pub proxy: Option<crate::proxy::nft::Config>,
 }
 
 /// Why the agent stopped.
@@ -328,6 +330,7 @@ pub async fn start(
             registry: registry.clone(),
             token: Arc::new(cfg.logs_token.clone()),
             rates: crate::stats::Rates::default(),
+            wasm: host.clone(),
         }));
     let http_limits = cfg.http_limits;
     let log_task = tokio::spawn(async move {
@@ -398,7 +401,12 @@ pub async fn start(
     });
     let node_name = cfg.node_name.clone();
     let image_gc = cfg.image_gc;
+    let ipam_dir = cfg.data_dir.join("ipam");
+    let proxy = cfg.proxy.clone();
     let run = async move {
+        let network_task = tokio::spawn(pod_network(ctx.clone(), node_name.clone(), ipam_dir));
+        let proxy_task = proxy
+            .map(|p| tokio::spawn(crate::proxy::run(ctx.client.clone(), node_name.clone(), p)));
         let changed = ctx.node_changed.clone();
         let keeper_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_RENEW);
@@ -425,6 +433,10 @@ pub async fn start(
             _ = pods_loop(ctx.clone(), node_name.clone(), exits, oci_exits, image_gc) => {}
         }
         keeper_task.abort();
+        network_task.abort();
+        if let Some(t) = proxy_task {
+            t.abort();
+        }
         log_task.abort();
         tracing::info!(node = %node_name, "agent stopped; its containers keep running (the next agent re-adopts them)");
     };
@@ -676,4 +688,45 @@ async fn cleanup_orphans(ctx: &Arc<Ctx>, workers: &HashMap<String, Handle>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+}
+
+/// Waits for the Node's `spec.podCIDR` (the node IPAM controller gives it) and makes the
+/// pod network on it, when the sandboxes want one.
+async fn pod_network(ctx: Arc<Ctx>, node: String, ipam_dir: PathBuf) {
+    use kube::runtime::WatchStreamExt;
+    if !ctx.sandboxes.wants_pod_cidr() {
+        return;
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut stream = std::pin::pin!(watcher(nodes, cfg).default_backoff());
+    while let Some(ev) = stream.next().await {
+        let n = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch failed; retrying");
+                continue;
+            }
+        };
+        let Some(cidr) = n
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+        else {
+            continue;
+        };
+        let sandboxes = ctx.sandboxes.clone();
+        let (node, dir) = (node.clone(), ipam_dir.clone());
+        let made =
+            tokio::task::spawn_blocking(move || sandboxes.set_pod_cidr(&node, cidr, &dir)).await;
+        match made {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(pod_cidr = %cidr, error = %e, "the pod network could not be made; pods cannot start")
+            }
+            Err(e) => tracing::error!(error = %e, "the pod network task failed"),
+        }
+        return;
+    }
 }

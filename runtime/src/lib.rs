@@ -32,6 +32,7 @@
 //!     pod_max_pids: 4096,
 //!     image_gc: skiff_runtime::imagegc::Policy::default(),
 //!     http_limits: Default::default(),
+//!     proxy: None,
 //! };
 //! let (started, run) = agent::start(client, cfg, std::future::pending()).await?;
 //! println!("logs endpoint on {}", started.logs_addr);
@@ -43,10 +44,13 @@ pub mod agent;
 pub mod artifacts;
 pub mod executors;
 pub mod imagegc;
+pub mod ipam;
 pub mod logserver;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod podnet;
+pub mod proxy;
 pub mod sandbox;
 pub mod stats;
 pub mod streams;

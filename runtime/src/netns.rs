@@ -135,16 +135,27 @@ impl Route {
 
     /// Sends `message` and waits for the kernel's acknowledgement; a refusal is its errno.
     pub fn request(&mut self, message: RouteNetlinkMessage) -> io::Result<()> {
+        self.exchange(message, 0).map(|_| ())
+    }
+
+    /// Sends `message` with `flags` (e.g. `NLM_F_CREATE | NLM_F_EXCL`) besides request
+    /// and ack; returns what the kernel answered before its acknowledgement.
+    pub fn exchange(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut packet =
             NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
-        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         packet.header.sequence_number = self.seq;
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.socket.send(&buf, 0)?;
-        let mut reply = vec![0u8; 8192];
+        let mut reply = vec![0u8; 16384];
+        let mut answers = Vec::new();
         loop {
             let n = self.socket.recv(&mut &mut reply[..], 0)?;
             let mut at = 0;
@@ -152,13 +163,18 @@ impl Route {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..n])
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq
-                    && let NetlinkPayload::Error(e) = msg.payload
-                {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(_) => Err(e.to_io()),
-                    };
+                if msg.header.sequence_number == self.seq {
+                    match msg.payload {
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(answers),
+                                Some(_) => Err(e.to_io()),
+                            };
+                        }
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::InnerMessage(m) => answers.push(m),
+                        _ => {}
+                    }
                 }
                 if len == 0 {
                     break;

@@ -49,6 +49,8 @@ pub struct Sandbox {
     /// The pod cgroup relative to each hierarchy's root (`skiff/pod-UID`); its containers'
     /// cgroups go under it.
     pub cgroup: String,
+    /// The pod's address on the node's pod network (`status.podIP`), when the node has one.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Processes and threads a pod may have at once (a fork bomb stops there).
@@ -82,6 +84,20 @@ pub trait Sandboxes: Send + Sync + 'static {
     fn destroy(&self, uid: &str) -> Result<(), SandboxError>;
     /// Pod uids whose sandboxes exist on this machine, made by any agent.
     fn list(&self) -> Vec<String>;
+    /// Whether sandboxes wait for the node's `podCIDR` (a pod network).
+    fn wants_pod_cidr(&self) -> bool {
+        false
+    }
+    /// The node's `podCIDR` is known: make the node's pod network, keeping its addresses
+    /// in `state_dir`.
+    fn set_pod_cidr(
+        &self,
+        _node: &str,
+        _cidr: ipnet::Ipv4Net,
+        _state_dir: &Path,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Network namespace name prefix.
@@ -98,6 +114,10 @@ pub struct LinuxSandboxes {
     holders_dir: PathBuf,
     /// The `skiff` binary, whose `pod-init` starts a holder.
     exe: PathBuf,
+    /// Whether pods join a pod network (`--pod-network bridge`).
+    networked: bool,
+    /// The node's pod network, once the node has its `podCIDR`.
+    network: std::sync::OnceLock<crate::podnet::PodNetwork>,
 }
 
 impl Default for LinuxSandboxes {
@@ -107,7 +127,36 @@ impl Default for LinuxSandboxes {
             cgroup_parent: "skiff".into(),
             holders_dir: PathBuf::from("/run/skiff/pid-ns"),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
+            networked: false,
+            network: std::sync::OnceLock::new(),
         }
+    }
+}
+
+impl LinuxSandboxes {
+    /// Sandboxes whose pods join the node's pod network once
+    /// [`Sandboxes::set_pod_cidr`] made it; until then sandboxes cannot be made.
+    pub fn networked() -> LinuxSandboxes {
+        LinuxSandboxes {
+            networked: true,
+            ..LinuxSandboxes::default()
+        }
+    }
+
+    fn attach(&self, uid: &str, netns: &Path) -> Result<Option<std::net::Ipv4Addr>, SandboxError> {
+        if !self.networked {
+            return Ok(None);
+        }
+        let net = self.network.get().ok_or_else(|| SandboxError::Command {
+            what: "join the pod network".into(),
+            message: "the node has no pod CIDR yet".into(),
+        })?;
+        net.attach(uid, netns)
+            .map(Some)
+            .map_err(|e| SandboxError::Command {
+                what: "join the pod network".into(),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -204,21 +253,29 @@ impl LinuxSandboxes {
         let (roots, v2) = hierarchies();
         let mut made = Vec::new();
         for root in roots {
-            if v2 {
-                let mut dir = root.clone();
-                for part in Path::new(&rel).components() {
+            // Level by level, so that on v2 each parent hands the controllers down before
+            // its child is made.
+            let mut dir = root.clone();
+            let mut ok = true;
+            for part in Path::new(&rel).components() {
+                if v2 {
                     for c in ["+cpu", "+memory", "+pids"] {
                         // Refused for a controller the parent lacks; the limit that needs
                         // it then fails below, with its own warning.
                         let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
                     }
-                    dir.push(part);
+                }
+                dir.push(part);
+                if let Err(e) = std::fs::create_dir(&dir)
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                {
+                    tracing::warn!(path = %dir.display(), error = %e, "no pod cgroup");
+                    ok = false;
+                    break;
                 }
             }
-            let dir = root.join(&rel);
-            match std::fs::create_dir_all(&dir) {
-                Ok(()) => made.push(dir),
-                Err(e) => tracing::warn!(path = %dir.display(), error = %e, "no pod cgroup"),
+            if ok {
+                made.push(dir);
             }
         }
         if made.is_empty() {
@@ -260,15 +317,23 @@ impl Sandboxes for LinuxSandboxes {
                 message: e.to_string(),
             }
         })?;
+        let ip = self.attach(uid, &path)?;
         Ok(Sandbox {
             netns: path,
             pid_ns,
             cgroups: self.cgroups(uid, spec.limits),
             cgroup: format!("{}/pod-{uid}", self.cgroup_parent),
+            ip,
         })
     }
 
     fn destroy(&self, uid: &str) -> Result<(), SandboxError> {
+        if let Some(net) = self.network.get() {
+            net.detach(uid).map_err(|e| SandboxError::Command {
+                what: "leave the pod network".into(),
+                message: e.to_string(),
+            })?;
+        }
         let path = self.netns_dir.join(Self::netns_name(uid));
         crate::netns::delete(&path).map_err(|source| SandboxError::Io { path, source })?;
         let record = self.holders_dir.join(uid);
@@ -286,6 +351,26 @@ impl Sandboxes for LinuxSandboxes {
                 tracing::warn!(path = %dir.display(), error = %e, "pod cgroup not removed");
             }
         }
+        Ok(())
+    }
+
+    fn wants_pod_cidr(&self) -> bool {
+        self.networked
+    }
+
+    fn set_pod_cidr(
+        &self,
+        node: &str,
+        cidr: ipnet::Ipv4Net,
+        state_dir: &Path,
+    ) -> Result<(), String> {
+        if !self.networked || self.network.get().is_some() {
+            return Ok(());
+        }
+        let net =
+            crate::podnet::PodNetwork::open(state_dir, node, cidr).map_err(|e| e.to_string())?;
+        tracing::info!(node, pod_cidr = %cidr, bridge = net.bridge(), "pod network ready");
+        let _ = self.network.set(net);
         Ok(())
     }
 

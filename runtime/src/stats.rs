@@ -6,9 +6,10 @@
 //! libcontainer project's cgroup crate, already here for the containers themselves, which
 //! reads v1, v2 and hybrid layouts alike); a pod's are its cgroup's. CPU rates
 //! (`usageNanoCores`) are the change since the previous read of the same cgroup. Wasm
-//! guests share the node's Wasm host process, so they have no cgroup of their own: their
-//! containers are listed without CPU and memory figures, which the Wasm host does not
-//! account per guest yet.
+//! guests share the node's Wasm host process, so they have no cgroup of their own: the
+//! Wasm host accounts for each container itself (the CPU time of every poll of its
+//! guests, the linear memories and tables of its live instances) and reports it in its
+//! container list. A pod's figures are its cgroup's plus its Wasm containers'.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,9 +23,12 @@ use http::{HeaderMap, StatusCode, header};
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager as _};
 use serde_json::{Value, json};
 
+use skiff_shims::{Executor as _, GuestUsage};
+
 use crate::executors::Runtime;
 use crate::logserver::{authorized, status};
 use crate::pod::logs::LogRegistry;
+use crate::wasmhost::WasmHost;
 
 /// One reading of a cgroup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +70,30 @@ pub fn cgroup_usage(path: &str) -> Option<Usage> {
         working_set_bytes: m.memory.usage.saturating_sub(inactive_file),
         rss_bytes: rss,
     })
+}
+
+impl From<GuestUsage> for Usage {
+    /// A Wasm guest's memory is all anonymous and in use: every figure is its size.
+    fn from(g: GuestUsage) -> Usage {
+        Usage {
+            cpu_ns: g.cpu_ns,
+            memory_bytes: g.memory_bytes,
+            working_set_bytes: g.memory_bytes,
+            rss_bytes: g.memory_bytes,
+        }
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            cpu_ns: self.cpu_ns.saturating_add(o.cpu_ns),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            working_set_bytes: self.working_set_bytes.saturating_add(o.working_set_bytes),
+            rss_bytes: self.rss_bytes.saturating_add(o.rss_bytes),
+        }
+    }
 }
 
 /// CPU rates from successive readings.
@@ -152,10 +180,12 @@ pub struct StatsState {
     pub token: Arc<String>,
     /// CPU rates.
     pub rates: Rates,
+    /// The Wasm host, which accounts for its guests.
+    pub wasm: Arc<WasmHost>,
 }
 
-/// The summary.
-pub fn summary(st: &StatsState) -> Value {
+/// The summary; `wasm` is what the Wasm host accounts for each of its containers, by id.
+pub fn summary(st: &StatsState, wasm: &HashMap<String, GuestUsage>) -> Value {
     let time = jiff::Timestamp::now().to_string();
     let mut node = json!({"nodeName": st.node_name});
     if let Some((u, available)) = node_usage() {
@@ -169,28 +199,37 @@ pub fn summary(st: &StatsState) -> Value {
         let mut pod = json!({
             "podRef": {"name": name, "namespace": ns, "uid": view.uid},
         });
-        if let Some(cg) = &view.cgroup
-            && let Some(u) = cgroup_usage(cg)
-        {
-            let (cpu, memory) = usage_json(&u, st.rates.nano_cores(cg, u.cpu_ns), &time);
-            pod["cpu"] = cpu;
-            pod["memory"] = memory;
-        }
+        let mut total = view.cgroup.as_deref().and_then(cgroup_usage);
         let mut containers = Vec::new();
         for (cname, c) in &view.containers {
-            let Some((runtime, _)) = &c.running_on else {
+            let Some((runtime, id)) = &c.running_on else {
                 continue;
             };
+            let usage = match runtime {
+                Runtime::Oci => view
+                    .cgroup
+                    .as_ref()
+                    .and_then(|p| cgroup_usage(&format!("{p}/{cname}"))),
+                Runtime::Wasm => wasm.get(id).map(|g| Usage::from(*g)),
+            };
             let mut cj = json!({"name": cname});
-            if *runtime == Runtime::Oci
-                && let Some(cg) = view.cgroup.as_ref().map(|p| format!("{p}/{cname}"))
-                && let Some(u) = cgroup_usage(&cg)
-            {
-                let (cpu, memory) = usage_json(&u, st.rates.nano_cores(&cg, u.cpu_ns), &time);
+            if let Some(u) = usage {
+                let key = format!("{}:{id}", runtime.scheme());
+                let (cpu, memory) = usage_json(&u, st.rates.nano_cores(&key, u.cpu_ns), &time);
                 cj["cpu"] = cpu;
                 cj["memory"] = memory;
+                if *runtime == Runtime::Wasm {
+                    // Not in the pod's cgroup: added to it.
+                    total = Some(total.unwrap_or_default() + u);
+                }
             }
             containers.push(cj);
+        }
+        if let Some(u) = total {
+            let key = format!("pod:{}", view.uid);
+            let (cpu, memory) = usage_json(&u, st.rates.nano_cores(&key, u.cpu_ns), &time);
+            pod["cpu"] = cpu;
+            pod["memory"] = memory;
         }
         pod["containers"] = json!(containers);
         pods.push(pod);
@@ -206,7 +245,18 @@ async fn stats_summary(State(st): State<StatsState>, headers: HeaderMap) -> Resp
             "Unauthorized".into(),
         );
     }
-    let body = tokio::task::spawn_blocking(move || summary(&st))
+    // Without the Wasm host (restarting), its containers are listed without figures.
+    let wasm: HashMap<String, GuestUsage> = match st.wasm.list().await {
+        Ok(all) => all
+            .into_iter()
+            .filter_map(|c| Some((c.id, c.usage?)))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no Wasm usage for the stats");
+            HashMap::new()
+        }
+    };
+    let body = tokio::task::spawn_blocking(move || summary(&st, &wasm))
         .await
         .unwrap_or(Value::Null);
     (

@@ -476,8 +476,10 @@ impl Scheduler {
             BindOutcome::Moot(why) => {
                 tracing::debug!(%uid, %why, "binding refused; the pod moved on");
                 self.cluster.forget(&uid);
-                self.queue.done(&uid);
-                self.pending.remove(&uid);
+                // Bound elsewhere or gone: the watch says so soon and removes it. Until
+                // then it stays pending and is tried again after a back-off, so a
+                // refusal for any other reason cannot lose the pod.
+                self.queue.back_off(&uid, Instant::now());
             }
             BindOutcome::Failed(why) => {
                 tracing::warn!(%uid, %why, "binding failed; retrying after a back-off");

@@ -91,6 +91,10 @@ pub struct OciOptions {
     /// Ports of the node forwarded to the container's ports on the pod's loopback.
     #[serde(default)]
     pub host_ports: Vec<HostPort>,
+    /// Keep a stdin open for the process (the container's `stdin: true`): `kubectl attach
+    /// -i` writes to it. Otherwise stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// A port of the node forwarded into the pod.
@@ -335,6 +339,21 @@ pub struct ContainerInfo {
     pub listening: Vec<SocketAddr>,
     /// Digest of the artifact it runs.
     pub digest: String,
+    /// What it has used, when the executor accounts for it itself (Wasm guests, which
+    /// share the Wasm host's process; a Linux container's figures are its cgroup's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<GuestUsage>,
+}
+
+/// What a container's guests have used, summed over all of its instances (an HTTP
+/// service runs one per request).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestUsage {
+    /// CPU time spent running the guest and the host calls it made, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Linear memories and tables of its live instances, in bytes (what its memory
+    /// limit bounds).
+    pub memory_bytes: u64,
 }
 
 /// A container ended; sent to every subscriber of an executor's exit events.

@@ -35,8 +35,8 @@ pub mod wasm;
 
 pub use executor::{
     Artifact, ContainerInfo, ContainerSpec, ContainerState, ErrorKind, Executor, ExitEvent,
-    ExitReason, ExitStatus, HttpSpec, Limits, Listener, LogSpec, Mount, OciOptions, OciSecurity,
-    OciUser, OutgoingHttp, WorkloadKind,
+    ExitReason, ExitStatus, GuestUsage, HttpSpec, Limits, Listener, LogSpec, Mount, OciOptions,
+    OciSecurity, OciUser, OutgoingHttp, WorkloadKind,
 };
 
 /// Any failure of this crate.

@@ -188,6 +188,15 @@ impl Server {
         c
     }
 
+    /// `kubectl apply` of `yaml` (through a file); returns its output whatever the exit
+    /// status.
+    pub fn kubectl_apply(&self, yaml: &str) -> Output {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), yaml).expect("write the manifest");
+        let path = f.path().to_string_lossy().into_owned();
+        self.kubectl(&["apply", "-f", &path])
+    }
+
     /// Run kubectl; returns its output whatever the exit status.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_cmd().args(args).output().expect("run kubectl")

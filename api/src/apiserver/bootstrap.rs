@@ -103,6 +103,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
+        self.claim_existing_cluster_ips().await?;
         self.default_join_token().await
     }
 

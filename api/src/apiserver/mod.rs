@@ -9,6 +9,7 @@ mod node;
 mod objects;
 mod request;
 mod reviews;
+pub mod serviceips;
 mod tokens;
 mod verbs;
 mod watch;
@@ -57,9 +58,23 @@ pub struct Api {
     pub rbac: Arc<Rbac>,
     audit: std::sync::OnceLock<crate::audit::AuditLog>,
     pod_security: std::sync::OnceLock<crate::podsecurity::Level>,
+    service_cidr: std::sync::OnceLock<ipnet::Ipv4Net>,
+    /// Updates of one object take turns on the stripe its key hashes to.
+    write_turns: Box<[tokio::sync::Mutex<()>]>,
 }
 
+/// Stripes of [`Api::write_turn`]: enough that unrelated objects rarely share one.
+const WRITE_STRIPES: usize = 256;
+
 impl Api {
+    /// The lock updates of the object at `key` take turns on.
+    fn write_turn(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        &self.write_turns[(h % WRITE_STRIPES as u64) as usize]
+    }
+
     /// An apiserver over `store` accepting `auth`'s tokens; watches end when `shutdown`
     /// turns true.
     pub fn new(
@@ -90,6 +105,10 @@ impl Api {
             graph: Arc::new(NodeGraph::new(store.clone())),
             audit: std::sync::OnceLock::new(),
             pod_security: std::sync::OnceLock::new(),
+            service_cidr: std::sync::OnceLock::new(),
+            write_turns: (0..WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             rbac: Arc::new(Rbac::default()),
             store,
             auth,

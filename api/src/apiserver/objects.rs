@@ -297,7 +297,12 @@ impl Api {
             let level = self.pod_security_default();
             warnings.extend(self.admit_namespace_security(&mut obj, None, level)?);
         }
-        let attempts = if generate { 8 } else { 1 };
+        // A Service that lets the server pick its address retries with another one if
+        // a concurrent create took it first.
+        let picks_ip = res.kind == "Service"
+            && obj["spec"]["type"] != "ExternalName"
+            && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty);
+        let attempts = if generate || picks_ip { 8 } else { 1 };
         for _ in 0..attempts {
             if generate {
                 let base = obj["metadata"]["generateName"]
@@ -310,6 +315,10 @@ impl Api {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            if picks_ip {
+                obj["spec"]["clusterIP"] = json!("");
+            }
+            let claim = self.claim_cluster_ip(res, &mut obj)?;
             let causes = validation::validate(res, &obj);
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, &name, &causes));
@@ -331,11 +340,22 @@ impl Api {
                 value: encoder(obj.clone()),
                 precondition: Precondition::Absent,
             };
-            match self.store.txn(vec![op]).await {
+            let ops = std::iter::once(op).chain(claim).collect();
+            match self.store.txn(ops).await {
                 Ok(r) => {
                     self.written(res, &key, Some(&obj), r.revision);
                     let body = r.into_first_value();
                     return Ok(Written { body, warnings });
+                }
+                Err(StoreError::Conflict {
+                    key: lost,
+                    reason: ConflictReason::Exists,
+                }) if Self::is_cluster_ip_key(&lost) => {
+                    if picks_ip {
+                        continue;
+                    }
+                    let ip = obj["spec"]["clusterIP"].as_str().unwrap_or_default();
+                    return Err(super::serviceips::taken(res, &name, ip));
                 }
                 Err(StoreError::Conflict {
                     reason: ConflictReason::Exists,
@@ -388,46 +408,7 @@ impl Api {
             }
             _ => {}
         }
-        if res.kind == "Service" {
-            let ty = obj["spec"]["type"]
-                .as_str()
-                .unwrap_or("ClusterIP")
-                .to_string();
-            let ip = obj["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
-            if ty != "ExternalName" && ip.is_empty() {
-                let ip = self.allocate_cluster_ip()?;
-                obj["spec"]["clusterIP"] = json!(ip);
-                obj["spec"]["clusterIPs"] = json!([ip]);
-            } else if !ip.is_empty() && obj["spec"]["clusterIPs"].is_null() {
-                obj["spec"]["clusterIPs"] = json!([ip]);
-            }
-        }
         Ok(())
-    }
-
-    /// A free address for a Service. These are bookkeeping only: Skiff routes nothing to
-    /// them off the machine.
-    fn allocate_cluster_ip(&self) -> ApiResult<String> {
-        let svc = by_kind("Service").ok_or_else(|| ApiError::internal("no service kind"))?;
-        let used: std::collections::HashSet<String> = self
-            .store
-            .list(&svc.prefix(), &Default::default())
-            .map_err(|e| ApiError::from_store(e, svc, ""))?
-            .items
-            .iter()
-            .filter_map(|kv| parse(kv).ok())
-            .filter_map(|o| o["spec"]["clusterIP"].as_str().map(String::from))
-            .collect();
-        use rand::Rng;
-        let mut r = rand::rng();
-        for _ in 0..1000 {
-            let n: u32 = r.random_range(10..65000);
-            let ip = format!("10.96.{}.{}", n / 256, n % 256);
-            if !used.contains(&ip) {
-                return Ok(ip);
-            }
-        }
-        Err(ApiError::internal("the service address range is full"))
     }
 
     /// Update an object by computing the new version from the current one. `mutate` may be
@@ -447,6 +428,11 @@ impl Api {
             dry_run,
             trusted,
         } = opts;
+        // Writers of one object in this apiserver take turns: with a dozen writers
+        // racing (status patches, a binding, labels), optimistic retries alone would
+        // let one lose every round. The compare-and-swap below still guards against
+        // writers elsewhere.
+        let _turn = self.write_turn(&res.key(ns, name)).lock().await;
         for _ in 0..16 {
             let kv = self.get_kv(res, ns, name)?;
             let old = parse(&kv)?;
@@ -497,7 +483,7 @@ impl Api {
                         .is_some_and(|n| !n.is_empty()))
                 && res.kind != "Namespace";
             let key = res.key(ns, name);
-            let op = if finished {
+            let mut ops = vec![if finished {
                 Op::Delete {
                     key: key.clone(),
                     precondition: Precondition::ModRevision(kv.mod_revision),
@@ -508,8 +494,11 @@ impl Api {
                     value: encoder(new.clone()),
                     precondition: Precondition::ModRevision(kv.mod_revision),
                 }
-            };
-            match self.store.txn(vec![op]).await {
+            }];
+            if finished {
+                ops.extend(Self::release_cluster_ip(res, &new));
+            }
+            match self.store.txn(ops).await {
                 Ok(r) => {
                     self.written(res, &key, (!finished).then_some(&new), r.revision);
                     let body = r.into_first_value();
@@ -518,10 +507,13 @@ impl Api {
                     }
                     return Ok(Written { body, warnings });
                 }
+                // Written meanwhile: read it again and re-apply. A resourceVersion the
+                // caller pinned no longer matches then and is refused above; one the
+                // mutation merely carried over from the stored object follows it.
                 Err(StoreError::Conflict {
                     reason: ConflictReason::Stale,
                     ..
-                }) if pinned.is_none() => continue,
+                }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, res, name)),
             }
         }
@@ -716,7 +708,10 @@ impl Api {
                 key: res.key(ns, name),
                 precondition: Precondition::ModRevision(kv.mod_revision),
             };
-            match self.store.txn(vec![op]).await {
+            let ops = std::iter::once(op)
+                .chain(Self::release_cluster_ip(res, &obj))
+                .collect();
+            match self.store.txn(ops).await {
                 Ok(r) => {
                     self.written(res, &kv.key, None, r.revision);
                     self.after_delete(res, ns, &obj, opts.propagation.as_deref());

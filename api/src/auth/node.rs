@@ -1,7 +1,8 @@
 //! Kubernetes' Node authorizer and NodeRestriction admission for node agents.
 //!
 //! A node reads its own Node and Lease, the pods bound to it (listing and watching only
-//! with `fieldSelector=spec.nodeName=<itself>`), RuntimeClasses, and the Secrets,
+//! with `fieldSelector=spec.nodeName=<itself>`), RuntimeClasses, Services and
+//! EndpointSlices (what its Service proxy serves), and the Secrets,
 //! ConfigMaps, PersistentVolumeClaims and ServiceAccounts that those pods reference;
 //! nothing else. What a pod references is kept in a [`NodeGraph`]: the apiserver updates
 //! it as it writes pods (so a pod bound a moment ago is never refused for the graph being
@@ -348,6 +349,9 @@ pub fn authorize(node: &str, a: &Attributes<'_>, graph: &dyn Graph) -> Decision 
             Decision::Allow(Restriction::PodBoundTo(node.to_string()))
         }
         ("RuntimeClass", None, v) if is_read(v) => allow(),
+        // What the node's Service proxy and DNS serve (kube-proxy's `system:node-proxier`).
+        ("Service", None, v) if is_read(v) => allow(),
+        ("EndpointSlice", None, v) if is_read(v) && a.group == "discovery.k8s.io" => allow(),
         _ => no(""),
     }
 }

@@ -175,7 +175,7 @@ fn node_authorization_table() {
             "403",
         ),
         row("get", "ServiceAccount", None, d, Some("default"), "403"),
-        // Events and RuntimeClasses; nothing else.
+        // Events and RuntimeClasses.
         row("create", "Event", None, d, None, "ok"),
         row("patch", "Event", None, d, Some("e"), "ok"),
         row("delete", "Event", None, d, Some("e"), "403"),
@@ -183,7 +183,12 @@ fn node_authorization_table() {
         row("list", "Deployment", None, d, None, "403"),
         row("patch", "Deployment", Some("scale"), d, Some("w"), "403"),
         row("create", "Namespace", None, None, None, "403"),
-        row("list", "Service", None, None, None, "403"),
+        // Services and their endpoints, read-only, for the node's Service proxy.
+        row("list", "Service", None, None, None, "ok"),
+        row("watch", "EndpointSlice", None, None, None, "ok"),
+        row("create", "Service", None, d, None, "403"),
+        row("patch", "EndpointSlice", None, d, Some("s"), "403"),
+        row("list", "Endpoints", None, None, None, "403"),
         row("list", "ClusterRole", None, None, None, "403"),
         // What every authenticated caller may: access reviews of itself.
         row("create", "SelfSubjectAccessReview", None, None, None, "ok"),

@@ -20,6 +20,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "Pod" => pod_spec("spec", &obj["spec"], &mut out),
         "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" => workload(res.kind, obj, &mut out),
         "Service" => service(obj, &mut out),
+        "EndpointSlice" => super::discovery::slice(obj, &mut out),
         "ConfigMap" | "Secret" => data_keys(res.kind, obj, &mut out),
         "RuntimeClass" => {
             let h = &obj["handler"];
@@ -65,6 +66,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
                 ));
             }
         }
+        "EndpointSlice" => super::discovery::slice_update(old, new, &mut out),
         "Service" => {
             let (o, n) = (&old["spec"]["clusterIP"], &new["spec"]["clusterIP"]);
             if o.is_string() && o != n {
@@ -332,7 +334,7 @@ fn local_descending_path(path: &str, v: &Value, out: &mut Vec<Cause>) {
     }
 }
 
-fn port_number(path: &str, v: &Value, required: bool, out: &mut Vec<Cause>) {
+pub(super) fn port_number(path: &str, v: &Value, required: bool, out: &mut Vec<Cause>) {
     match v.as_i64() {
         None if required => out.push(Cause::required(path)),
         None => {}
@@ -346,7 +348,7 @@ fn port_number(path: &str, v: &Value, required: bool, out: &mut Vec<Cause>) {
     }
 }
 
-fn protocol(path: &str, v: &Value, out: &mut Vec<Cause>) {
+pub(super) fn protocol(path: &str, v: &Value, out: &mut Vec<Cause>) {
     if let Some(p) = v.as_str()
         && !["TCP", "UDP", "SCTP"].contains(&p)
     {

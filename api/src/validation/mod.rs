@@ -1,6 +1,7 @@
 //! Kubernetes' validation rules for names, labels and quantities, with its messages, and
 //! the per-kind checks built from them.
 
+mod discovery;
 mod kinds;
 mod rbac;
 

@@ -27,6 +27,15 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
     if let Some(c) = collision_count {
         h = fnv1a(h, &c.to_le_bytes());
     }
+    spelled(h)
+}
+
+/// A 32-bit FNV-1a hash of `bytes`, spelled as [`template_hash`] spells its hash.
+pub fn short_hash(bytes: &[u8]) -> String {
+    spelled(fnv1a(0x811c_9dc5, bytes))
+}
+
+fn spelled(h: u32) -> String {
     h.to_string()
         .bytes()
         .map(|d| char::from(ALPHABET[usize::from(d) % ALPHABET.len()]))

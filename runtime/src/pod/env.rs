@@ -2,7 +2,7 @@
 //! `$(VAR)` references, ConfigMap and Secret keys, the downward API, resource fields,
 //! and `envFrom`.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use std::collections::BTreeMap;
 
 /// Where a container's configuration objects come from (the API, or a test table).
@@ -19,6 +19,15 @@ pub trait Objects: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> impl std::future::Future<Output = Result<Option<Secret>, String>> + Send;
+    /// The Services a pod of `namespace` may see as variables: the namespace's and
+    /// `default`'s (see [`super::service_env`]).
+    fn services(
+        &self,
+        namespace: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<Service>, String>> + Send {
+        let _ = namespace;
+        async { Ok(Vec::new()) }
+    }
     /// A token of ServiceAccount `namespace/name` bound to `pod` (name and uid), for
     /// `audience` (none: the apiserver's) and `seconds`; with when it expires.
     fn service_account_token(
@@ -194,8 +203,10 @@ async fn secret_map(
     }
 }
 
-/// Resolve a container's environment, in Kubernetes' order: `envFrom` first, then `env`
-/// (later entries override earlier ones of the same name).
+/// Resolve a container's environment, in Kubernetes' order: the Service variables, then
+/// `envFrom`, then `env` (later entries override earlier ones of the same name). The
+/// Services are read as the container starts; if the API cannot be reached, it starts
+/// without their variables rather than not at all.
 pub async fn resolve(
     pod: &Pod,
     c: &Container,
@@ -203,7 +214,16 @@ pub async fn resolve(
     node: &NodeFacts,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut vars: Vec<(String, String)> = match objects.services(ns).await {
+        Ok(all) => {
+            let links = super::service_env::links(pod);
+            super::service_env::vars(&super::service_env::visible(&all, ns, links))
+        }
+        Err(e) => {
+            tracing::warn!(namespace = %ns, error = %e, "no Service variables: the Services could not be read");
+            Vec::new()
+        }
+    };
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
         vars.retain(|(x, _)| *x != k);
         vars.push((k, v));

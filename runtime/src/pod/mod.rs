@@ -11,6 +11,7 @@ pub mod logs;
 pub mod objects;
 pub mod probes;
 mod probing;
+pub mod service_env;
 mod specs;
 pub mod status;
 pub mod volumes;
@@ -1316,6 +1317,7 @@ impl Worker {
             restart_policy: &policy,
             sandbox_ready: self.sandbox.is_some(),
             host_ip: &self.ctx.node.host_ip,
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip),
             start_time: self.start_time,
             previous: self.pod.status.as_ref(),
         })

@@ -3,7 +3,7 @@
 //! bound to the pod).
 
 use super::env::Objects;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
 
 /// The lifetime a projected volume asks its ServiceAccount token for, if it has one.
@@ -33,6 +33,23 @@ impl Objects for ApiObjects {
             .get_opt(name)
             .await
             .map_err(|e| format!("reading secret {ns}/{name}: {e}"))
+    }
+
+    async fn services(&self, ns: &str) -> Result<Vec<Service>, String> {
+        let lp = kube::api::ListParams::default();
+        let mut all = Api::<Service>::namespaced(self.0.clone(), ns)
+            .list(&lp)
+            .await
+            .map_err(|e| format!("listing services of {ns}: {e}"))?
+            .items;
+        if ns != "default" {
+            let k = Api::<Service>::namespaced(self.0.clone(), "default")
+                .get_opt("kubernetes")
+                .await
+                .map_err(|e| format!("reading default/kubernetes: {e}"))?;
+            all.extend(k);
+        }
+        Ok(all)
     }
 
     async fn service_account_token(

@@ -148,6 +148,7 @@ impl Worker {
             pids_limit: Some(self.ctx.pod_max_pids),
             security,
             host_ports: host_ports(spec),
+            stdin: spec.stdin.unwrap_or(false),
         });
         Ok(())
     }

@@ -216,6 +216,8 @@ pub struct Snapshot<'a> {
     pub sandbox_ready: bool,
     /// The node's address.
     pub host_ip: &'a str,
+    /// The pod's address on the node's pod network, if it has one.
+    pub pod_ip: Option<std::net::Ipv4Addr>,
     /// When the agent took the pod.
     pub start_time: jiff::Timestamp,
     /// The previous status (for transition times).
@@ -284,6 +286,10 @@ pub fn pod_status(s: &Snapshot<'_>) -> PodStatus {
             ip: s.host_ip.to_string(),
         }])
         .filter(|_| !s.host_ip.is_empty()),
+        pod_ip: s.pod_ip.map(|ip| ip.to_string()),
+        pod_ips: s
+            .pod_ip
+            .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() }]),
         start_time: Some(Time(s.start_time)),
         container_statuses: Some(s.containers.iter().map(container_status).collect()),
         init_container_statuses: Some(s.init.iter().map(container_status).collect())

@@ -1,29 +1,26 @@
-//! exec and attach over WebSocket channels.
+//! exec and attach, over WebSocket channels or SPDY ([`super::client`]).
 //!
 //! exec runs a process in a Linux container (`skiff container-exec`); Wasm containers
 //! have no processes to add, so exec into one is refused before the upgrade. attach
 //! streams what the container writes from now on (read from its log, for Wasm and Linux
-//! containers alike); the containers' stdin is not kept open, so attach carries output
-//! only.
+//! containers alike) and, for a Linux container started with `stdin: true`, writes the
+//! client's input to the container's stdin (a FIFO the container holds open, so it stays
+//! open between attaches; `stdinOnce` is not honoured).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::response::Response;
-use bytes::Bytes;
-use futures::{SinkExt as _, StreamExt as _};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use skiff_shims::oci::exec::Report;
 use skiff_shims::oci::session::{ExecIo, ExecSession};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
-use super::channel::{self, In, Protocol, ch};
+use super::channel::{self, ch};
+use super::client::{Client, FromClient, Sender, Wants, accept};
 use super::{Params, StreamState, bad_request, pod_of, running};
 use crate::executors::Runtime;
 use crate::logserver::status;
@@ -36,59 +33,14 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// How often attach looks for new output.
 const ATTACH_POLL: Duration = Duration::from_millis(50);
 
-/// What the client asked to be connected.
-#[derive(Clone, Copy, Debug)]
-struct Wants {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-}
-
-impl Wants {
-    fn of(p: &Params) -> Wants {
-        let tty = p.flag("tty");
-        Wants {
-            stdin: p.flag("stdin") || p.flag("input"),
-            stdout: p.flag("stdout") || p.flag("output"),
-            // A terminal has no separate stderr.
-            stderr: !tty && (p.flag("stderr") || p.flag("error")),
-            tty,
-        }
-    }
-}
-
-#[allow(clippy::result_large_err)]
-fn negotiate(
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    what: &str,
-) -> Result<(WebSocketUpgrade, Protocol), Response> {
-    let ws = ws.map_err(|e| {
-        bad_request(format!(
-            "{what} takes a WebSocket upgrade (subprotocol v5.channel.k8s.io): {e}"
-        ))
-    })?;
-    let ws = ws.protocols(channel::PROTOCOLS);
-    let chosen = ws.selected_protocol().and_then(|v| v.to_str().ok());
-    let asked = ws.requested_protocols().next().is_some();
-    match Protocol::of(chosen) {
-        Some(p) if chosen.is_some() || !asked => Ok((ws, p)),
-        _ => Err(bad_request(format!(
-            "none of the requested WebSocket subprotocols is served; {what} speaks {}",
-            channel::PROTOCOLS.join(", ")
-        ))),
-    }
-}
-
 /// `/exec/{ns}/{pod}/{container}`.
 pub(super) async fn exec(
     State(st): State<StreamState>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Response {
-    let view = match pod_of(&st, &headers, &ns, &pod) {
+    let view = match pod_of(&st, req.headers(), &ns, &pod) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -116,30 +68,11 @@ pub(super) async fn exec(
         );
     };
     let wants = Wants::of(&params);
-    let (ws, proto) = match negotiate(ws, "exec") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    ws.on_upgrade(move |socket| async move {
+    accept(req, "exec", wants, move |client| async move {
         let session = oci.exec(&id, &argv, wants.tty).await;
-        run_exec(socket, proto, session, wants).await;
+        run_exec(client, session, wants).await;
     })
-}
-
-/// Sends framed messages, one writer for the socket.
-#[derive(Clone)]
-struct Sender {
-    proto: Protocol,
-    tx: mpsc::Sender<Message>,
-}
-
-impl Sender {
-    async fn send(&self, channel: u8, data: &[u8]) -> bool {
-        self.tx
-            .send(super::framed(self.proto, channel, data))
-            .await
-            .is_ok()
-    }
+    .await
 }
 
 /// Copies a stream to a channel (or drops it, if the client did not ask for it).
@@ -159,56 +92,26 @@ async fn pump(mut from: impl AsyncRead + Unpin, to: Option<(Sender, u8)>) {
     }
 }
 
-/// What the client sends: stdin, its close, resizes; `None` when it is gone.
-enum FromClient {
-    Stdin(Bytes),
-    CloseStdin,
-    Resize(u16, u16),
-}
-
-async fn next_from_client(
-    rx: &mut futures::stream::SplitStream<WebSocket>,
-    proto: Protocol,
-) -> Option<Option<FromClient>> {
-    let msg = rx.next().await?.ok()?;
-    let frame = match msg {
-        Message::Binary(b) => channel::decode_binary(proto, &b),
-        Message::Text(t) => channel::decode_text(t.as_str()),
-        Message::Close(_) => return None,
-        Message::Ping(_) | Message::Pong(_) => return Some(None),
-    };
-    Some(match frame {
-        Some(In::Data(ch::STDIN, data)) => Some(FromClient::Stdin(data)),
-        Some(In::Close(ch::STDIN)) => Some(FromClient::CloseStdin),
-        Some(In::Data(ch::RESIZE, data)) => {
-            channel::resize(&data).map(|(w, h)| FromClient::Resize(w, h))
-        }
-        _ => None,
-    })
-}
-
 async fn run_exec(
-    socket: WebSocket,
-    proto: Protocol,
+    mut client: Client,
     session: Result<ExecSession, skiff_shims::Error>,
     wants: Wants,
 ) {
-    let (ws_tx, mut ws_rx) = socket.split();
-    let (tx, writer) = super::socket_writer(ws_tx);
-    let out = Sender { proto, tx };
+    let out = client.out.clone();
+    let proto = out.protocol();
     let mut session = match session {
         Ok(s) => s,
         Err(e) => {
             out.send(ch::ERROR, &channel::failure_message(proto, &e.to_string()))
                 .await;
             drop(out);
-            let _ = writer.await;
+            client.end().await;
             return;
         }
     };
     let pid = session.pid();
     let finished = Arc::new(AtomicBool::new(false));
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Option<FromClient>>(16);
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<FromClient>(16);
     let mut outputs = Vec::new();
     let io = session.io.take();
     let stdin_task = match io {
@@ -230,7 +133,7 @@ async fn run_exec(
                 if !want_stdin {
                     return;
                 }
-                while let Some(Some(m)) = stdin_rx.recv().await {
+                while let Some(m) = stdin_rx.recv().await {
                     match m {
                         FromClient::Stdin(d) => {
                             if stdin.write_all(&d).await.is_err() {
@@ -251,7 +154,7 @@ async fn run_exec(
                     out.send(ch::ERROR, &channel::failure_message(proto, &e.to_string()))
                         .await;
                     drop(out);
-                    let _ = writer.await;
+                    client.end().await;
                     return;
                 }
             };
@@ -261,7 +164,7 @@ async fn run_exec(
             )));
             let want_stdin = wants.stdin;
             tokio::spawn(async move {
-                while let Some(Some(m)) = stdin_rx.recv().await {
+                while let Some(m) = stdin_rx.recv().await {
                     match m {
                         FromClient::Stdin(d)
                             if want_stdin
@@ -279,6 +182,7 @@ async fn run_exec(
         }
         None => tokio::spawn(async {}),
     };
+    let pumps: Vec<_> = outputs.iter().map(|o| o.abort_handle()).collect();
     let done = {
         let finished = finished.clone();
         async move {
@@ -293,9 +197,8 @@ async fn run_exec(
     let report = loop {
         tokio::select! {
             r = &mut done => break Some(r),
-            m = next_from_client(&mut ws_rx, proto) => match m {
-                Some(Some(m)) => { let _ = stdin_tx.send(Some(m)).await; }
-                Some(None) => {}
+            m = client.input.recv() => match m {
+                Some(m) => { let _ = stdin_tx.send(m).await; }
                 None => {
                     // The client went away: the process goes too.
                     if !finished.load(Ordering::SeqCst) {
@@ -307,6 +210,10 @@ async fn run_exec(
         }
     };
     stdin_task.abort();
+    // A background child may still hold the pipes: its output is not waited for.
+    for p in pumps {
+        p.abort();
+    }
     if let Some(report) = report {
         let msg = match report {
             Report::Exited(code) => channel::exit_message(proto, code),
@@ -320,7 +227,7 @@ async fn run_exec(
         let _ = done.await;
     }
     drop(out);
-    let _ = writer.await;
+    client.end().await;
 }
 
 /// `/attach/{ns}/{pod}/{container}`: the container's output from now on.
@@ -328,14 +235,13 @@ pub(super) async fn attach(
     State(st): State<StreamState>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Response {
-    let view = match pod_of(&st, &headers, &ns, &pod) {
+    let view = match pod_of(&st, req.headers(), &ns, &pod) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let (c, _, _) = match running(&view, &pod, &container) {
+    let (c, runtime, id) = match running(&view, &pod, &container) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -345,12 +251,18 @@ pub(super) async fn attach(
         ));
     };
     let wants = Wants::of(&Params::parse(q.as_deref()));
-    let (ws, proto) = match negotiate(ws, "attach") {
-        Ok(x) => x,
-        Err(r) => return r,
+    // A container started with `stdin: true` reads what the client types; others (and
+    // Wasm guests) have no stdin to write to, and the input is dropped, as kubectl warns.
+    let stdin = match (&st.oci, runtime) {
+        (Some(oci), Runtime::Oci) if wants.stdin => match oci.stdin(&id) {
+            Ok(s) => s,
+            Err(e) => return bad_request(e.to_string()),
+        },
+        _ => None,
     };
     let registry = st.registry.clone();
-    ws.on_upgrade(move |socket| async move {
+    accept(req, "attach", wants, move |client| async move {
+        let log = path.clone();
         let still_running = move || {
             registry
                 .get(&ns, &pod)
@@ -361,28 +273,21 @@ pub(super) async fn attach(
                 })
                 .unwrap_or(false)
         };
-        run_attach(
-            socket,
-            proto,
-            c.current.clone().unwrap_or_default(),
-            wants,
-            still_running,
-        )
-        .await;
+        run_attach(client, log, wants, stdin, still_running).await;
     })
+    .await
 }
 
 async fn run_attach(
-    socket: WebSocket,
-    proto: Protocol,
+    mut client: Client,
     log: std::path::PathBuf,
     wants: Wants,
+    mut stdin: Option<tokio::net::unix::pipe::Sender>,
     still_running: impl Fn() -> bool + Send + 'static,
 ) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
+    let out = client.out.clone();
     let mut follower = Follower::new(&log, Follower::size(&log));
-    let frame = |c: u8, d: &[u8]| super::framed(proto, c, d);
-    loop {
+    'follow: loop {
         let text = follower.poll();
         for line in text.lines() {
             let Some(l) = parse_line(line) else { continue };
@@ -401,24 +306,33 @@ async fn run_attach(
             } else {
                 wants.stdout
             };
-            if wanted && ws_tx.send(frame(channel, &bytes)).await.is_err() {
-                return;
+            if wanted && !out.send(channel, &bytes).await {
+                break 'follow;
             }
         }
         if text.is_empty() && !still_running() {
+            if let Some(m) = channel::exit_message(out.protocol(), 0) {
+                out.send(ch::ERROR, &m).await;
+            }
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep(ATTACH_POLL) => {}
-            m = ws_rx.next() => match m {
-                // Input is not forwarded: the container's stdin is not kept open.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            }
+            m = client.input.recv() => match m {
+                None => break,
+                Some(FromClient::Stdin(d)) => {
+                    if let Some(w) = &mut stdin
+                        && w.write_all(&d).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                // The container's stdin stays open for the next attach (no `stdinOnce`).
+                Some(FromClient::CloseStdin) => stdin = None,
+                Some(FromClient::Resize(..)) => {}
+            },
         }
     }
-    if let Some(m) = channel::exit_message(proto, 0) {
-        let _ = ws_tx.send(frame(ch::ERROR, &m)).await;
-    }
-    let _ = ws_tx.send(super::normal_close()).await;
+    drop(out);
+    client.end().await;
 }

@@ -7,12 +7,14 @@
 //! GET|POST /portForward/{ns}/{pod}[?ports=..]
 //! ```
 //!
-//! exec and attach speak Kubernetes' WebSocket channel protocols ([`channel`]);
-//! port-forward speaks SPDY/3.1 ([`spdy`]), raw or inside WebSocket messages as kubectl
-//! does, and the WebSocket channel form kube-rs uses. Requests carry the node's logs
+//! exec and attach speak Kubernetes' WebSocket channel protocols ([`channel`]) and
+//! SPDY/3.1 with a stream per channel, as client-go did before 1.30; port-forward speaks
+//! SPDY/3.1 ([`spdy`]), raw or inside WebSocket messages as kubectl does, and the
+//! WebSocket channel form kube-rs uses. Requests carry the node's logs
 //! token, like `/containerLogs`.
 
 pub mod channel;
+mod client;
 mod exec;
 mod portforward;
 pub mod spdy;

@@ -146,28 +146,10 @@ async fn connect(netns: &Path, port: u16) -> std::io::Result<tokio::net::TcpStre
 
 /// SPDY on a raw upgraded connection.
 async fn spdy_over(io: impl AsyncRead + AsyncWrite + Send + 'static, netns: PathBuf) {
-    let (mut r, mut w) = tokio::io::split(io);
-    let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = r.read(&mut buf).await {
-            if n == 0 || in_tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                break;
-            }
-        }
-    });
-    let writer = tokio::spawn(async move {
-        while let Some(b) = out_rx.recv().await {
-            if w.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = w.shutdown().await;
-    });
-    spdy_session(in_rx, out_tx, netns).await;
-    reader.abort();
-    let _ = writer.await;
+    let (st_tx, st_rx) = mpsc::channel::<Stream>(16);
+    let conn = spdy::serve_io(io, st_tx);
+    pair_streams(st_rx, netns).await;
+    conn.closed().await;
 }
 
 /// SPDY in WebSocket binary messages.
@@ -197,10 +179,19 @@ async fn spdy_in_websocket(socket: WebSocket, netns: PathBuf) {
     let _ = writer.await;
 }
 
-/// Pairs each request's error and data streams and forwards them.
+/// SPDY carried in `input` and `output`: pairs each request's streams and forwards them.
 async fn spdy_session(input: mpsc::Receiver<Bytes>, output: mpsc::Sender<Bytes>, netns: PathBuf) {
-    let (st_tx, mut st_rx) = mpsc::channel::<Stream>(16);
+    let (st_tx, st_rx) = mpsc::channel::<Stream>(16);
     let server = tokio::spawn(spdy::serve(input, output, st_tx));
+    pair_streams(st_rx, netns).await;
+    if let Ok(Err(e)) = server.await {
+        tracing::debug!(error = %e, "port-forward session ended");
+    }
+}
+
+/// Pairs each request's error and data streams and forwards them, until the connection
+/// ends.
+async fn pair_streams(mut st_rx: mpsc::Receiver<Stream>, netns: PathBuf) {
     let mut pending: HashMap<String, (Option<Stream>, Option<Stream>)> = HashMap::new();
     while let Some(s) = st_rx.recv().await {
         let kind = spdy::header(&s.headers, "streamtype")
@@ -224,9 +215,6 @@ async fn spdy_session(input: mpsc::Receiver<Bytes>, output: mpsc::Sender<Bytes>,
         {
             tokio::spawn(forward_pair(netns.clone(), error, data));
         }
-    }
-    if let Ok(Err(e)) = server.await {
-        tracing::debug!(error = %e, "port-forward session ended");
     }
 }
 

@@ -615,6 +615,82 @@ pub async fn serve(
     result
 }
 
+/// A connection [`serve_io`] serves; [`Connection::close`] ends it from this side.
+pub struct Connection {
+    close: std::sync::Arc<tokio::sync::Notify>,
+    gone: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Says GOAWAY, sends what is queued and closes the connection.
+    pub fn close(&self) {
+        self.close.notify_one();
+    }
+
+    /// Completes once the connection is gone (closed by either side).
+    pub fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut gone = self.gone.clone();
+        async move {
+            let _ = gone.wait_for(|g| *g).await;
+        }
+    }
+
+    /// Waits until the connection is gone.
+    pub async fn closed(self) {
+        self.gone().await;
+    }
+}
+
+/// Serves SPDY on a byte stream (an upgraded HTTP connection), as [`serve`] does.
+pub fn serve_io(
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    streams: mpsc::Sender<Stream>,
+) -> Connection {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut r, mut w) = tokio::io::split(io);
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(16);
+    let close = std::sync::Arc::new(tokio::sync::Notify::new());
+    let closing = close.clone();
+    // Ends at the peer's end or at close(); dropping `in_tx` then ends `serve`.
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            tokio::select! {
+                read = r.read(&mut buf) => match read {
+                    Ok(n) if n > 0 => {
+                        if in_tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                },
+                () = closing.notified() => return,
+            }
+        }
+    };
+    let writer = async move {
+        while let Some(b) = out_rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    let (gone_tx, gone) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let reader = tokio::spawn(reader);
+        let writer = tokio::spawn(writer);
+        if let Err(e) = serve(in_rx, out_tx, streams).await {
+            tracing::debug!(error = %e, "SPDY connection ended");
+        }
+        reader.abort();
+        let _ = writer.await;
+        gone_tx.send_replace(true);
+    });
+    Connection { close, gone }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -81,6 +81,11 @@ struct Confined {
 
 impl Executor for Confined {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        // The helper blocks its stop signals from its start; the process must not keep
+        // them blocked.
+        stop_signals()
+            .thread_unblock()
+            .map_err(|e| ExecutorError::Other(format!("unblocking signals: {e}")))?;
         if let Some(profile) = &self.seccomp {
             // Capabilities are already dropped here, so the filter needs no_new_privs.
             nix::sys::prctl::set_no_new_privs()
@@ -117,7 +122,24 @@ pub fn main(req: &ExecRequest) -> i32 {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP: what stops an exec.
+fn stop_signals() -> SigSet {
+    let mut stops = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stops.add(sig);
+    }
+    stops
+}
+
 fn run(req: &ExecRequest) -> Result<i32, String> {
+    // Blocked before the process starts, so a stop that comes while it is being made
+    // waits for it (the process unblocks them in `Confined`) instead of ending this
+    // helper and leaving the process behind.
+    let stops = stop_signals();
+    let signals = stops
+        .thread_block()
+        .and_then(|()| SignalFd::with_flags(&stops, SfdFlags::SFD_CLOEXEC))
+        .map_err(|e| format!("signalfd: {e}"))?;
     let config = Spec::load(req.dir.join("config.json"))
         .map_err(|e| format!("the container is not running (no configuration: {e})"))?;
     let tty = req.console_socket.is_some();
@@ -134,20 +156,11 @@ fn run(req: &ExecRequest) -> Result<i32, String> {
     let built = build(req, &config, &process_file, tty);
     let _ = std::fs::remove_file(&process_file);
     let pid = built?;
-    wait_or_stop(pid)
+    wait_or_stop(pid, &signals)
 }
 
-/// Waits for the exec'd process; SIGTERM, SIGINT or SIGHUP to this process kills it first.
-fn wait_or_stop(pid: nix::unistd::Pid) -> Result<i32, String> {
-    // Blocked only now: the exec'd process must not inherit the mask.
-    let mut stops = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        stops.add(sig);
-    }
-    let signals = stops
-        .thread_block()
-        .and_then(|()| SignalFd::with_flags(&stops, SfdFlags::SFD_CLOEXEC))
-        .map_err(|e| format!("signalfd: {e}"))?;
+/// Waits for the exec'd process; a stop signal (read from `signals`) kills it first.
+fn wait_or_stop(pid: nix::unistd::Pid, signals: &SignalFd) -> Result<i32, String> {
     let child = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid.as_raw()).ok_or("no pid")?,
         rustix::process::PidfdFlags::empty(),

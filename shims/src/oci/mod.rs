@@ -136,6 +136,17 @@ impl OciExecutor {
         Ok(ex)
     }
 
+    /// The bundle directory of running container `id`.
+    fn running_dir(&self, id: &str) -> Result<PathBuf, Error> {
+        match self.lock().get(id) {
+            Some(e) if e.init.is_some() && e.exit.borrow().is_none() => Ok(e.dir.clone()),
+            _ => Err(OciError::error(
+                ErrorKind::NotFound,
+                format!("container {id} is not running"),
+            )),
+        }
+    }
+
     /// Starts `argv` in the running container `id` (with a terminal if `tty`), as
     /// `skiff container-exec`.
     pub async fn exec(
@@ -144,16 +155,22 @@ impl OciExecutor {
         argv: &[String],
         tty: bool,
     ) -> Result<session::ExecSession, Error> {
-        let dir = match self.lock().get(id) {
-            Some(e) if e.init.is_some() && e.exit.borrow().is_none() => e.dir.clone(),
-            _ => {
-                return Err(OciError::error(
-                    ErrorKind::NotFound,
-                    format!("container {id} is not running"),
-                ));
-            }
-        };
+        let dir = self.running_dir(id)?;
         session::ExecSession::start(&self.inner.shim.exe, &dir, argv, tty).await
+    }
+
+    /// The write end of the stdin of running container `id`, if it was started with
+    /// `stdin` (what `kubectl attach -i` writes to); `None` if it reads `/dev/null`.
+    pub fn stdin(&self, id: &str) -> Result<Option<tokio::net::unix::pipe::Sender>, Error> {
+        let dir = self.running_dir(id)?;
+        let fifo = dir.join(files::STDIN);
+        if !fifo.exists() {
+            return Ok(None);
+        }
+        tokio::net::unix::pipe::OpenOptions::new()
+            .open_sender(&fifo)
+            .map(Some)
+            .map_err(|e| OciError::error(ErrorKind::Internal, format!("{}: {e}", fifo.display())))
     }
 
     /// Exit events from now on. Subscribe first, then `list()`, so no exit falls between.
@@ -399,6 +416,7 @@ impl Executor for OciExecutor {
             },
             listening: Vec::new(),
             digest: spec.artifact.digest.clone(),
+            usage: None,
         })
     }
 
@@ -479,6 +497,7 @@ impl Executor for OciExecutor {
                 },
                 listening: Vec::new(),
                 digest: e.digest.clone(),
+                usage: None,
             })
             .collect())
     }

@@ -15,6 +15,9 @@ use crate::executor::ErrorKind;
 
 /// How long the container's process may take to open its terminal.
 const TERMINAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a terminal already sent by an exec that ended may take to be accepted (it
+/// is queued on the socket by then; this only bounds the look).
+const ENDED_GRACE: Duration = Duration::from_millis(200);
 
 /// The subcommand of the `skiff` executable that runs an exec.
 pub const EXEC_SUBCOMMAND: &str = "container-exec";
@@ -143,14 +146,22 @@ impl ExecSession {
             },
             Some((l, sock)) => {
                 let got = tokio::select! {
+                    biased;
                     r = tokio::time::timeout(TERMINAL_TIMEOUT, receive_master(&l)) => r,
-                    // The exec failed before opening a terminal: its report says why.
                     _ = child.wait() => {
-                        let _ = std::fs::remove_file(&sock);
-                        return Err(Error::Oci(super::OciError::Failed {
-                            kind: ErrorKind::ContainerCannotRun,
-                            message: failure(&read_report(&report)),
-                        }));
+                        // A quick command may have sent its terminal and ended already:
+                        // the terminal waits in the socket, its output in the terminal.
+                        match tokio::time::timeout(ENDED_GRACE, receive_master(&l)).await {
+                            Ok(Ok(master)) => Ok(Ok(master)),
+                            // The exec failed before opening a terminal: its report says why.
+                            _ => {
+                                let _ = std::fs::remove_file(&sock);
+                                return Err(Error::Oci(super::OciError::Failed {
+                                    kind: ErrorKind::ContainerCannotRun,
+                                    message: failure(&read_report(&report)),
+                                }));
+                            }
+                        }
                     }
                 };
                 let _ = std::fs::remove_file(&sock);

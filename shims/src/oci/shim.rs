@@ -74,6 +74,8 @@ pub(crate) mod files {
     pub const UPPER: &str = "upper";
     pub const WORK: &str = "work";
     pub const STATE: &str = "state";
+    /// The FIFO a container with `stdin: true` reads as its stdin.
+    pub const STDIN: &str = "stdin";
 }
 
 /// When process `pid` started, in clock ticks since boot.
@@ -197,13 +199,17 @@ fn start(
     let ports = crate::oci::ports::bind(&oci.host_ports).map_err(cannot_run)?;
     let (out_r, out_w) = std::io::pipe().map_err(internal)?;
     let (err_r, err_w) = std::io::pipe().map_err(internal)?;
-    let devnull = File::open("/dev/null").map_err(internal)?;
+    let stdin = if oci.stdin {
+        open_stdin_fifo(&dir.join(files::STDIN)).map_err(internal)?
+    } else {
+        File::open("/dev/null").map_err(internal)?
+    };
     let state = dir.join(files::STATE);
     std::fs::create_dir_all(&state).map_err(internal)?;
     let mut container = ContainerBuilder::new(libcontainer_id(dir), SyscallType::default())
         .with_root_path(&state)
         .map_err(internal)?
-        .with_stdin(devnull)
+        .with_stdin(stdin)
         .with_stdout(out_w)
         .with_stderr(err_w)
         .as_init(dir)
@@ -238,6 +244,25 @@ fn start(
     };
     write_atomic(&dir.join(files::STARTED), &started).map_err(internal)?;
     Ok((started, container, pumps))
+}
+
+/// The container's stdin: a FIFO (0600) it holds open for reading and writing, so it
+/// never reads end-of-file between attaches (kubelet's `stdin: true` without
+/// `stdinOnce`). An attaching client opens the FIFO for writing.
+fn open_stdin_fifo(path: &Path) -> std::io::Result<File> {
+    match rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    ) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 fn mount_rootfs(dir: &Path, layers: &[PathBuf]) -> Result<(), StartError> {

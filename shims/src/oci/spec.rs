@@ -352,6 +352,7 @@ mod tests {
                 ..Default::default()
             },
             host_ports: vec![],
+            stdin: false,
         };
         let mut s = ContainerSpec {
             id: "u/web".into(),

@@ -1,6 +1,7 @@
 //! What every guest store carries: WASI context, memory limiter, CPU meter; and how a
 //! guest's end becomes an [`ExitStatus`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Error;
-use crate::executor::{ContainerSpec, EXIT_KILLED, EXIT_TRAP, ExitReason, ExitStatus};
+use crate::executor::{ContainerSpec, EXIT_KILLED, EXIT_TRAP, ExitReason, ExitStatus, GuestUsage};
 use crate::logs::{LogWriter, Stream};
 
 /// Per-store guard rails shared by every kind of guest.
@@ -21,16 +22,70 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(memory_limit: Option<u64>, cpu: Option<Arc<CpuBudget>>) -> Guard {
+    pub(crate) fn new(
+        memory_limit: Option<u64>,
+        cpu: Option<Arc<CpuBudget>>,
+        account: Arc<Accounting>,
+    ) -> Guard {
         Guard {
             limiter: MemoryLimiter {
                 limit: memory_limit.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
                 used: 0,
                 exceeded: false,
+                account,
             },
             meter: CpuMeter::new(cpu),
         }
     }
+}
+
+/// What one container's guests use, summed over all of its stores, for the node's
+/// stats: the Wasm host is one process, so no cgroup can tell its guests apart.
+#[derive(Debug, Default)]
+pub(crate) struct Accounting {
+    cpu_ns: AtomicU64,
+    memory_bytes: AtomicU64,
+}
+
+impl Accounting {
+    pub(crate) fn usage(&self) -> GuestUsage {
+        GuestUsage {
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drives `fut`, charging the CPU time of each of its polls (the polling thread's
+    /// clock around the poll: exact, since a poll never leaves its thread) to this
+    /// container. A guest runs only inside such polls, with the host calls it makes.
+    pub(crate) async fn metered<F: Future>(&self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            let before = thread_cpu();
+            let polled = fut.as_mut().poll(cx);
+            let spent = thread_cpu().saturating_sub(before);
+            let ns = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+            self.cpu_ns.fetch_add(ns, Ordering::Relaxed);
+            polled
+        })
+        .await
+    }
+
+    fn resize(&self, from: usize, to: usize) {
+        let (from, to) = (from as u64, to as u64);
+        if to >= from {
+            self.memory_bytes.fetch_add(to - from, Ordering::Relaxed);
+        } else {
+            self.memory_bytes.fetch_sub(from - to, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The calling thread's CPU clock.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Store data of a preview 1 module.
@@ -116,6 +171,14 @@ pub(crate) struct MemoryLimiter {
     limit: Option<usize>,
     used: usize,
     pub(crate) exceeded: bool,
+    account: Arc<Accounting>,
+}
+
+impl Drop for MemoryLimiter {
+    /// The store and its memories are going: they no longer count.
+    fn drop(&mut self) {
+        self.account.resize(self.used, 0);
+    }
 }
 
 /// The trap raised when a guest grows past its memory limit.
@@ -138,6 +201,7 @@ impl MemoryLimiter {
             self.exceeded = true;
             return Err(wasmtime::Error::new(MemoryLimitExceeded { limit, wanted }));
         }
+        self.account.resize(self.used, wanted);
         self.used = wanted;
         Ok(true)
     }
@@ -231,12 +295,9 @@ struct Mark {
 
 impl Mark {
     fn here() -> Mark {
-        let cpu = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-            .map(Duration::from)
-            .unwrap_or_default();
         Mark {
             thread: std::thread::current().id(),
-            cpu,
+            cpu: thread_cpu(),
         }
     }
 }
@@ -389,11 +450,48 @@ mod tests {
 
     #[test]
     fn limiter_counts_all_memories_and_flags_excess() {
-        let mut l = Guard::new(Some(100), None).limiter;
+        let account = Arc::new(Accounting::default());
+        let mut l = Guard::new(Some(100), None, account.clone()).limiter;
         assert!(l.memory_growing(0, 60, None).unwrap());
         assert!(l.table_growing(0, 4, None).unwrap()); // 32 bytes
         assert!(l.memory_growing(0, 20, None).is_err());
         assert!(l.exceeded);
+        assert_eq!(account.usage().memory_bytes, 92, "what was granted counts");
+        let mut other = Guard::new(None, None, account.clone()).limiter;
+        assert!(other.memory_growing(0, 8, None).unwrap());
+        assert!(other.memory_growing(8, 16, None).unwrap());
+        assert_eq!(
+            account.usage().memory_bytes,
+            108,
+            "stores of one container add up"
+        );
+        drop(l);
+        assert_eq!(
+            account.usage().memory_bytes,
+            16,
+            "a dropped store no longer counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn polls_are_charged_their_cpu_time() {
+        let account = Accounting::default();
+        let spin = |d: Duration| {
+            let start = thread_cpu();
+            while thread_cpu() - start < d {}
+        };
+        account
+            .metered(async {
+                spin(Duration::from_millis(20));
+                tokio::task::yield_now().await;
+                spin(Duration::from_millis(20));
+            })
+            .await;
+        let ns = account.usage().cpu_ns;
+        assert!((40_000_000..80_000_000).contains(&ns), "{ns}");
+        // Time spent outside the future's polls is not its guest's.
+        spin(Duration::from_millis(20));
+        assert_eq!(account.usage().cpu_ns, ns);
     }
 
     #[test]

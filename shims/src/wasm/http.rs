@@ -25,7 +25,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use super::guest::{self, CpuBudget, Guard, P2State};
+use super::guest::{self, Accounting, CpuBudget, Guard, P2State};
 use super::outgoing::Outgoing;
 use crate::executor::{ContainerSpec, EXIT_KILLED, ExitReason, ExitStatus};
 use crate::logs::{LogWriter, Stream};
@@ -36,6 +36,7 @@ pub(crate) struct Service {
     pub(crate) spec: Arc<ContainerSpec>,
     pub(crate) log: LogWriter,
     pub(crate) cpu: Option<Arc<CpuBudget>>,
+    pub(crate) account: Arc<Accounting>,
     pub(crate) timeout: Duration,
 }
 
@@ -59,7 +60,11 @@ impl Service {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: Outgoing(self.spec.outgoing.clone().map(Arc::new)),
-            guard: Guard::new(self.spec.limits.memory_bytes, self.cpu.clone()),
+            guard: Guard::new(
+                self.spec.limits.memory_bytes,
+                self.cpu.clone(),
+                self.account.clone(),
+            ),
         };
         let mut store = Store::new(self.pre.engine(), state);
         guest::arm(&mut store);
@@ -90,15 +95,17 @@ impl Service {
             }
         };
         let pre = self.pre.clone();
+        let account = self.account.clone();
         let task = AbortOnDrop(tokio::spawn(async move {
-            let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            }
-            .await;
+            let result = account
+                .metered(async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                })
+                .await;
             let oom = store.data_mut().guard.limiter.exceeded;
             guest::exit_status(result, oom)
         }));

@@ -34,7 +34,7 @@ use crate::executor::{
 };
 use crate::logs::{LogWriter, Stream};
 use engine::{CompileCache, Compiled};
-use guest::{CpuBudget, Guard, P1State, P2State};
+use guest::{Accounting, CpuBudget, Guard, P1State, P2State};
 use outgoing::Outgoing;
 
 /// Errors of the Wasm executor.
@@ -147,6 +147,7 @@ struct Entry {
     listening: Vec<std::net::SocketAddr>,
     state: watch::Sender<ContainerState>,
     stop: watch::Sender<Option<Duration>>,
+    account: Arc<Accounting>,
 }
 
 impl Entry {
@@ -157,6 +158,7 @@ impl Entry {
             state: self.state.borrow().clone(),
             listening: self.listening.clone(),
             digest: self.digest.clone(),
+            usage: Some(self.account.usage()),
         }
     }
 }
@@ -277,6 +279,7 @@ impl WasmExecutor {
         // Mounts and env are checked now, so that a bad mount is a start error.
         let _ = guest::wasi_builder(&spec, &log)?;
         let cpu = CpuBudget::new(spec.limits.cpu_millis, self.inner.cpu_period);
+        let account = Arc::new(Accounting::default());
 
         let (listeners, listening) = match (&program, &spec.http) {
             (Program::Proxy(_), Some(http)) => bind_all(&http.listeners)?,
@@ -310,6 +313,7 @@ impl WasmExecutor {
             listening,
             state,
             stop,
+            account: account.clone(),
         });
 
         // Said in the container's log, so `kubectl logs` of a quiet service shows where
@@ -335,8 +339,12 @@ impl WasmExecutor {
             let log = log.clone();
             async move {
                 match program {
-                    Program::Module(pre) => run_module(pre, &spec, &log, cpu, stop_rx).await,
-                    Program::Command(pre) => run_command(pre, &spec, &log, cpu, stop_rx).await,
+                    Program::Module(pre) => {
+                        run_module(pre, &spec, &log, (cpu, account), stop_rx).await
+                    }
+                    Program::Command(pre) => {
+                        run_command(pre, &spec, &log, (cpu, account), stop_rx).await
+                    }
                     Program::Proxy(pre) => {
                         let timeout = spec
                             .http
@@ -347,6 +355,7 @@ impl WasmExecutor {
                             spec: spec.clone(),
                             log: log.clone(),
                             cpu,
+                            account,
                             timeout,
                         });
                         http::serve(service, listeners, stop_rx).await
@@ -498,7 +507,7 @@ async fn run_module(
     pre: InstancePre<P1State>,
     spec: &ContainerSpec,
     log: &LogWriter,
-    cpu: Option<Arc<CpuBudget>>,
+    (cpu, account): (Option<Arc<CpuBudget>>, Arc<Accounting>),
     mut stop: watch::Receiver<Option<Duration>>,
 ) -> ExitStatus {
     let wasi = match guest::wasi_builder(spec, log) {
@@ -507,7 +516,7 @@ async fn run_module(
     };
     let state = P1State {
         wasi,
-        guard: Guard::new(spec.limits.memory_bytes, cpu),
+        guard: Guard::new(spec.limits.memory_bytes, cpu, account.clone()),
     };
     let mut store = Store::new(pre.module().engine(), state);
     guest::arm(&mut store);
@@ -518,7 +527,7 @@ async fn run_module(
             start.call_async(&mut store, ()).await
         };
         tokio::select! {
-            result = run => Some(result),
+            result = account.metered(run) => Some(result),
             () = stop_requested(&mut stop) => None,
         }
     };
@@ -532,7 +541,7 @@ async fn run_command(
     pre: CommandPre<P2State>,
     spec: &ContainerSpec,
     log: &LogWriter,
-    cpu: Option<Arc<CpuBudget>>,
+    (cpu, account): (Option<Arc<CpuBudget>>, Arc<Accounting>),
     mut stop: watch::Receiver<Option<Duration>>,
 ) -> ExitStatus {
     let wasi = match guest::wasi_builder(spec, log) {
@@ -544,7 +553,7 @@ async fn run_command(
         http: wasmtime_wasi_http::WasiHttpCtx::new(),
         table: wasmtime::component::ResourceTable::new(),
         hooks: Outgoing(spec.outgoing.clone().map(Arc::new)),
-        guard: Guard::new(spec.limits.memory_bytes, cpu),
+        guard: Guard::new(spec.limits.memory_bytes, cpu, account.clone()),
     };
     let mut store = Store::new(pre.engine(), state);
     guest::arm(&mut store);
@@ -554,7 +563,7 @@ async fn run_command(
             command.wasi_cli_run().call_run(&mut store).await
         };
         tokio::select! {
-            result = run => Some(result),
+            result = account.metered(run) => Some(result),
             () = stop_requested(&mut stop) => None,
         }
     };

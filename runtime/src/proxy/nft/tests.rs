@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::proxy::model::Protocol;
+use std::net::SocketAddrV4;
+
+fn cfg() -> Config {
+    Config {
+        table: "skiff-t".into(),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        masquerade_egress: true,
+    }
+}
+
+fn port(name: &str, ip: &str, port: u16, eps: &[&str]) -> ServicePort {
+    ServicePort {
+        namespace: "default".into(),
+        service: name.into(),
+        port_name: "http".into(),
+        protocol: Protocol::Tcp,
+        cluster_ip: ip.parse().unwrap(),
+        port,
+        endpoints: eps
+            .iter()
+            .map(|e| e.parse::<SocketAddrV4>().unwrap())
+            .collect(),
+    }
+}
+
+#[test]
+fn a_service_port_is_a_map_element_a_chain_and_a_chain_per_endpoint() {
+    let web = port(
+        "web",
+        "10.96.0.10",
+        80,
+        &["10.42.0.5:8080", "10.42.1.7:8080"],
+    );
+    let none = port("idle", "10.96.0.11", 80, &[]);
+    let text = ruleset(&cfg(), &[web.clone(), none]);
+    let svc = service_chain(&web);
+    let (a, b) = (
+        endpoint_chain(&web, &web.endpoints[0]),
+        endpoint_chain(&web, &web.endpoints[1]),
+    );
+    assert!(
+        svc.starts_with("svc-") && svc.ends_with("-default/web/tcp/http"),
+        "{svc}"
+    );
+    assert!(a.ends_with("-default/web/tcp/http__10.42.0.5/8080"), "{a}");
+    let services: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&svc) || l.contains(&a) || l.contains(&b) || l.contains("10.96.0.1"))
+        .collect();
+    // Chains (with their rules) first, then the elements that point at them.
+    let want = [
+        format!("add chain ip skiff-t {b}"),
+        format!("add rule ip skiff-t {b} ip saddr 10.42.1.7 jump mark-for-masquerade"),
+        format!("add rule ip skiff-t {b} meta l4proto tcp dnat to 10.42.1.7:8080"),
+        format!("add chain ip skiff-t {a}"),
+        format!("add rule ip skiff-t {a} ip saddr 10.42.0.5 jump mark-for-masquerade"),
+        format!("add rule ip skiff-t {a} meta l4proto tcp dnat to 10.42.0.5:8080"),
+        format!("add chain ip skiff-t {svc}"),
+        format!("add rule ip skiff-t {svc} ip saddr != 10.42.0.0/16 jump mark-for-masquerade"),
+        format!(
+            "add rule ip skiff-t {svc} numgen random mod 2 vmap {{ 0 : goto {a} , 1 : goto {b} }}"
+        ),
+        "add element ip skiff-t cluster-ips { 10.96.0.10 }".to_string(),
+        "add element ip skiff-t cluster-ips { 10.96.0.11 }".to_string(),
+        "add element ip skiff-t no-endpoint-services { 10.96.0.11 . tcp . 80 : goto reject-chain }"
+            .to_string(),
+        format!("add element ip skiff-t service-ips {{ 10.96.0.10 . tcp . 80 : goto {svc} }}"),
+    ];
+    let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+    // (Chains sort by name; which endpoint's hash comes first is the hash's business.)
+    if a < b {
+        want.swap(0, 3);
+        want.swap(1, 4);
+        want.swap(2, 5);
+    }
+    assert_eq!(services, want);
+}
+
+#[test]
+fn a_sync_writes_only_what_changed() {
+    let c = cfg();
+    let web = port(
+        "web",
+        "10.96.0.10",
+        80,
+        &["10.42.0.5:8080", "10.42.1.7:8080"],
+    );
+    let idle = port("idle", "10.96.0.11", 80, &[]);
+    let applied = Rules::of(&c, &[web.clone(), idle.clone()]);
+    assert_eq!(update(&c, &applied, &applied), "");
+    let web2 = port("web", "10.96.0.10", 80, &["10.42.0.5:8080"]);
+    let idle2 = port("idle", "10.96.0.11", 80, &["10.42.2.9:9090"]);
+    let want = Rules::of(&c, &[web2.clone(), idle2.clone()]);
+    let text = update(&c, &applied, &want);
+    let (web_svc, idle_svc) = (service_chain(&web), service_chain(&idle));
+    let idle_ep = endpoint_chain(&idle2, &idle2.endpoints[0]);
+    let (kept, gone) = (
+        endpoint_chain(&web, &web.endpoints[0]),
+        endpoint_chain(&web, &web.endpoints[1]),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("missing {l}\n{text}"))
+    };
+    // New chains, and the changed one rewritten.
+    let idle_made = at(&format!("add chain ip skiff-t {idle_svc}"));
+    at(&format!("add chain ip skiff-t {idle_ep}"));
+    let flushed = at(&format!("flush chain ip skiff-t {web_svc}"));
+    at(&format!(
+        "add rule ip skiff-t {web_svc} numgen random mod 1 vmap {{ 0 : goto {kept} }}"
+    ));
+    // Elements moved from the no-endpoint map to the forwarding one, after the chains.
+    let moved = at("delete element ip skiff-t no-endpoint-services { 10.96.0.11 . tcp . 80 }");
+    let added = at(&format!(
+        "add element ip skiff-t service-ips {{ 10.96.0.11 . tcp . 80 : goto {idle_svc} }}"
+    ));
+    assert!(idle_made < added && flushed < moved);
+    // The endpoint that left: its chain flushed and deleted, last.
+    let deleted = at(&format!("delete chain ip skiff-t {gone}"));
+    assert_eq!(deleted, lines.len() - 1);
+    assert!(at(&format!("flush chain ip skiff-t {gone}")) > added);
+    // Nothing else: the kept endpoint's chain and the ClusterIPs stay as they are.
+    assert!(!text.contains(&format!("chain ip skiff-t {kept}\n")));
+    assert!(!text.contains("cluster-ips"));
+    assert_eq!(lines.len(), 13, "{text}");
+}
+
+#[test]
+fn the_table_is_replaced_whole_with_kube_proxys_hooks() {
+    let text = ruleset(&cfg(), &[]);
+    let lines: Vec<&str> = text.lines().collect();
+    // Made sure to exist, deleted, made again: one transaction replaces it.
+    assert_eq!(
+        &lines[..3],
+        [
+            "add table ip skiff-t",
+            "delete table ip skiff-t",
+            "add table ip skiff-t"
+        ]
+    );
+    for want in [
+        "add chain ip skiff-t nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }",
+        "add chain ip skiff-t nat-output { type nat hook output priority -100 ; policy accept ; }",
+        "add chain ip skiff-t nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }",
+        "add chain ip skiff-t filter-output-post-dnat { type filter hook output priority -90 ; policy accept ; }",
+        "add rule ip skiff-t services ip daddr . meta l4proto . th dport vmap @service-ips",
+        "add rule ip skiff-t cluster-ips-check ip daddr @cluster-ips reject",
+        "add rule ip skiff-t cluster-ips-check ip daddr 10.96.0.0/12 drop",
+        "add rule ip skiff-t masquerading meta mark & 0x4000 == 0 return",
+        "add rule ip skiff-t nat-postrouting ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 masquerade",
+    ] {
+        assert!(lines.contains(&want), "missing {want}\n{text}");
+    }
+    let off = ruleset(
+        &Config {
+            masquerade_egress: false,
+            ..cfg()
+        },
+        &[],
+    );
+    assert!(!off.contains("ip daddr != 10.42.0.0/16 masquerade"));
+    assert_eq!(
+        teardown("skiff-t"),
+        "add table ip skiff-t\ndelete table ip skiff-t\n"
+    );
+    assert_eq!(table_name("edge-1"), table_name("edge-1"));
+    assert_ne!(table_name("edge-1"), table_name("edge-2"));
+}
