@@ -6,10 +6,13 @@
 //! - `nat-prerouting` and `nat-output` (dstnat) jump to `services`, one verdict-map
 //!   lookup of `daddr . l4proto . dport` in `service-ips`, which goes to the Service
 //!   port's chain; it marks traffic from outside the cluster CIDR for masquerade and
-//!   picks an endpoint with `numgen random`; the endpoint's chain marks hairpin traffic
-//!   (a pod reaching itself) and DNATs.
-//! - `nat-postrouting` (srcnat) masquerades marked traffic, and pod traffic leaving the
-//!   cluster CIDR when egress masquerade is on.
+//!   DNATs to an endpoint picked with `numgen random` from a map of its endpoints'
+//!   `addr . port` (one rule; kube-proxy has a chain per endpoint, and `nft` loads a
+//!   table of many chains far slower: BENCHMARKS.md, "Service proxy").
+//! - `nat-postrouting` (srcnat) masquerades marked traffic, hairpin traffic (a pod
+//!   reaching itself through a Service: source and destination an endpoint's address,
+//!   from the `hairpin` set), and pod traffic leaving the cluster CIDR when egress
+//!   masquerade is on.
 //! - Filter chains just before DNAT refuse a Service port without endpoints (`reject`,
 //!   through `no-endpoint-services`), and after it anything still addressed to a
 //!   ClusterIP (a port the Service does not have: `reject`) or to an unallocated address
@@ -56,12 +59,6 @@ pub fn service_chain(p: &ServicePort) -> String {
     format!("svc-{}-{key}", &hash(&key)[..8])
 }
 
-/// The chain of one endpoint of a Service port.
-pub fn endpoint_chain(p: &ServicePort, ep: &std::net::SocketAddrV4) -> String {
-    let key = format!("{}__{}/{}", p.key(), ep.ip(), ep.port());
-    format!("ep-{}-{key}", &hash(&key)[..8])
-}
-
 /// The transaction that removes the table (and everything in it), whether or not it is
 /// there.
 pub fn teardown(table: &str) -> String {
@@ -85,6 +82,7 @@ const BASE_CHAINS: &[(&str, &str, &str, &str)] = &[
 const SERVICE_IPS: &str = "service-ips";
 const NO_ENDPOINTS: &str = "no-endpoint-services";
 const CLUSTER_IPS: &str = "cluster-ips";
+const HAIRPIN: &str = "hairpin";
 
 /// What the Service ports make of the table: their chains (with their rules, in order)
 /// and their map and set elements (key → value; a set's values are empty). What a sync
@@ -105,7 +103,7 @@ impl Rules {
         r
     }
 
-    /// How many chains of Service ports and endpoints there are.
+    /// How many chains of Service ports there are.
     pub fn chains(&self) -> usize {
         self.chains.len()
     }
@@ -124,18 +122,14 @@ impl Rules {
         let svc = service_chain(p);
         let mut picks = Vec::new();
         for (i, ep) in p.endpoints.iter().enumerate() {
-            let chain = endpoint_chain(p, ep);
-            let rules = vec![
-                format!("ip saddr {} jump mark-for-masquerade", ep.ip()),
-                format!("meta l4proto {} dnat to {ep}", p.protocol.nft()),
-            ];
-            picks.push(format!("{i} : goto {chain}"));
-            self.chains.insert(chain, rules);
+            picks.push(format!("{i} : {} . {}", ep.ip(), ep.port()));
+            self.element(HAIRPIN, format!("{0} . {0}", ep.ip()), String::new());
         }
         let rules = vec![
             format!("ip saddr != {} jump mark-for-masquerade", cfg.cluster_cidr),
             format!(
-                "numgen random mod {} vmap {{ {} }}",
+                "meta l4proto {} dnat ip to numgen random mod {} map {{ {} }}",
+                p.protocol.nft(),
                 picks.len(),
                 picks.join(" , ")
             ),
@@ -200,7 +194,7 @@ pub fn update(cfg: &Config, applied: &Rules, want: &Rules) -> String {
         }
     }
     let none = BTreeMap::new();
-    for map in [SERVICE_IPS, NO_ENDPOINTS, CLUSTER_IPS] {
+    for map in [SERVICE_IPS, NO_ENDPOINTS, CLUSTER_IPS, HAIRPIN] {
         let (old, new) = (
             applied.elements.get(map).unwrap_or(&none),
             want.elements.get(map).unwrap_or(&none),
@@ -256,10 +250,18 @@ fn base(cfg: &Config) -> String {
     let _ = writeln!(o, "add map ip {t} {SERVICE_IPS} {{ {vmap} }}");
     let _ = writeln!(o, "add map ip {t} {NO_ENDPOINTS} {{ {vmap} }}");
     let _ = writeln!(o, "add set ip {t} {CLUSTER_IPS} {{ type ipv4_addr ; }}");
+    let _ = writeln!(
+        o,
+        "add set ip {t} {HAIRPIN} {{ type ipv4_addr . ipv4_addr ; }}"
+    );
     let rules: &[(&str, String)] = &[
         ("nat-prerouting", "jump services".into()),
         ("nat-output", "jump services".into()),
         ("nat-postrouting", "jump masquerading".into()),
+        (
+            "nat-postrouting",
+            format!("ip saddr . ip daddr @{HAIRPIN} masquerade"),
+        ),
         (
             "filter-input",
             "ct state new jump service-endpoints-check".into(),

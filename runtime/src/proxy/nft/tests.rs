@@ -28,7 +28,7 @@ fn port(name: &str, ip: &str, port: u16, eps: &[&str]) -> ServicePort {
 }
 
 #[test]
-fn a_service_port_is_a_map_element_a_chain_and_a_chain_per_endpoint() {
+fn a_service_port_is_a_map_element_and_a_chain_that_dnats_through_a_map() {
     let web = port(
         "web",
         "10.96.0.10",
@@ -38,46 +38,41 @@ fn a_service_port_is_a_map_element_a_chain_and_a_chain_per_endpoint() {
     let none = port("idle", "10.96.0.11", 80, &[]);
     let text = ruleset(&cfg(), &[web.clone(), none]);
     let svc = service_chain(&web);
-    let (a, b) = (
-        endpoint_chain(&web, &web.endpoints[0]),
-        endpoint_chain(&web, &web.endpoints[1]),
-    );
     assert!(
         svc.starts_with("svc-") && svc.ends_with("-default/web/tcp/http"),
         "{svc}"
     );
-    assert!(a.ends_with("-default/web/tcp/http__10.42.0.5/8080"), "{a}");
     let services: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains(&svc) || l.contains(&a) || l.contains(&b) || l.contains("10.96.0.1"))
+        .filter(|l| {
+            l.contains(&svc) || l.contains("10.96.0.1") || l.contains("element ip skiff-t hairpin")
+        })
         .collect();
     // Chains (with their rules) first, then the elements that point at them.
     let want = [
-        format!("add chain ip skiff-t {b}"),
-        format!("add rule ip skiff-t {b} ip saddr 10.42.1.7 jump mark-for-masquerade"),
-        format!("add rule ip skiff-t {b} meta l4proto tcp dnat to 10.42.1.7:8080"),
-        format!("add chain ip skiff-t {a}"),
-        format!("add rule ip skiff-t {a} ip saddr 10.42.0.5 jump mark-for-masquerade"),
-        format!("add rule ip skiff-t {a} meta l4proto tcp dnat to 10.42.0.5:8080"),
         format!("add chain ip skiff-t {svc}"),
         format!("add rule ip skiff-t {svc} ip saddr != 10.42.0.0/16 jump mark-for-masquerade"),
         format!(
-            "add rule ip skiff-t {svc} numgen random mod 2 vmap {{ 0 : goto {a} , 1 : goto {b} }}"
+            "add rule ip skiff-t {svc} meta l4proto tcp dnat ip to numgen random mod 2 map {{ 0 : 10.42.0.5 . 8080 , 1 : 10.42.1.7 . 8080 }}"
         ),
         "add element ip skiff-t cluster-ips { 10.96.0.10 }".to_string(),
         "add element ip skiff-t cluster-ips { 10.96.0.11 }".to_string(),
+        "add element ip skiff-t hairpin { 10.42.0.5 . 10.42.0.5 }".to_string(),
+        "add element ip skiff-t hairpin { 10.42.1.7 . 10.42.1.7 }".to_string(),
         "add element ip skiff-t no-endpoint-services { 10.96.0.11 . tcp . 80 : goto reject-chain }"
             .to_string(),
         format!("add element ip skiff-t service-ips {{ 10.96.0.10 . tcp . 80 : goto {svc} }}"),
     ];
-    let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
-    // (Chains sort by name; which endpoint's hash comes first is the hash's business.)
-    if a < b {
-        want.swap(0, 3);
-        want.swap(1, 4);
-        want.swap(2, 5);
-    }
-    assert_eq!(services, want);
+    assert_eq!(
+        services,
+        want.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(
+        text.contains(
+            "add rule ip skiff-t nat-postrouting ip saddr . ip daddr @hairpin masquerade\n"
+        ),
+        "a pod reaching itself through a Service is masqueraded"
+    );
 }
 
 #[test]
@@ -97,11 +92,6 @@ fn a_sync_writes_only_what_changed() {
     let want = Rules::of(&c, &[web2.clone(), idle2.clone()]);
     let text = update(&c, &applied, &want);
     let (web_svc, idle_svc) = (service_chain(&web), service_chain(&idle));
-    let idle_ep = endpoint_chain(&idle2, &idle2.endpoints[0]);
-    let (kept, gone) = (
-        endpoint_chain(&web, &web.endpoints[0]),
-        endpoint_chain(&web, &web.endpoints[1]),
-    );
     let lines: Vec<&str> = text.lines().collect();
     let at = |l: &str| {
         lines
@@ -109,12 +99,11 @@ fn a_sync_writes_only_what_changed() {
             .position(|x| *x == l)
             .unwrap_or_else(|| panic!("missing {l}\n{text}"))
     };
-    // New chains, and the changed one rewritten.
+    // The new chain, and the changed one rewritten.
     let idle_made = at(&format!("add chain ip skiff-t {idle_svc}"));
-    at(&format!("add chain ip skiff-t {idle_ep}"));
     let flushed = at(&format!("flush chain ip skiff-t {web_svc}"));
     at(&format!(
-        "add rule ip skiff-t {web_svc} numgen random mod 1 vmap {{ 0 : goto {kept} }}"
+        "add rule ip skiff-t {web_svc} meta l4proto tcp dnat ip to numgen random mod 1 map {{ 0 : 10.42.0.5 . 8080 }}"
     ));
     // Elements moved from the no-endpoint map to the forwarding one, after the chains.
     let moved = at("delete element ip skiff-t no-endpoint-services { 10.96.0.11 . tcp . 80 }");
@@ -122,14 +111,25 @@ fn a_sync_writes_only_what_changed() {
         "add element ip skiff-t service-ips {{ 10.96.0.11 . tcp . 80 : goto {idle_svc} }}"
     ));
     assert!(idle_made < added && flushed < moved);
-    // The endpoint that left: its chain flushed and deleted, last.
-    let deleted = at(&format!("delete chain ip skiff-t {gone}"));
-    assert_eq!(deleted, lines.len() - 1);
-    assert!(at(&format!("flush chain ip skiff-t {gone}")) > added);
-    // Nothing else: the kept endpoint's chain and the ClusterIPs stay as they are.
-    assert!(!text.contains(&format!("chain ip skiff-t {kept}\n")));
+    // The endpoint that left is no longer a hairpin; the new one is.
+    at("delete element ip skiff-t hairpin { 10.42.1.7 . 10.42.1.7 }");
+    at("add element ip skiff-t hairpin { 10.42.2.9 . 10.42.2.9 }");
+    // Nothing else: the ClusterIPs stay as they are.
     assert!(!text.contains("cluster-ips"));
-    assert_eq!(lines.len(), 13, "{text}");
+    assert_eq!(lines.len(), 10, "{text}");
+
+    // A Service gone: its elements first, its chain flushed and deleted last.
+    let text = update(&c, &want, &Rules::of(&c, &[web2]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[lines.len() - 1],
+        format!("delete chain ip skiff-t {idle_svc}")
+    );
+    assert_eq!(
+        lines[lines.len() - 2],
+        format!("flush chain ip skiff-t {idle_svc}")
+    );
+    assert!(text.contains("delete element ip skiff-t service-ips { 10.96.0.11 . tcp . 80 }"));
 }
 
 #[test]
