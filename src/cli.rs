@@ -52,6 +52,11 @@ pub(crate) enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: IpAddr,
+        /// Another name or address the serving certificate covers (repeatable), for
+        /// nodes and clients that reach the server at an address other than the bind
+        /// address. Read when the certificate is first made.
+        #[arg(long = "tls-san")]
+        tls_sans: Vec<String>,
         /// Port to listen on.
         #[arg(long, default_value_t = 6443)]
         port: u16,

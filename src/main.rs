@@ -318,6 +318,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server {
             data_dir,
             bind,
+            tls_sans,
             port,
             no_agent,
             node_name,
@@ -342,6 +343,7 @@ fn main() -> anyhow::Result<()> {
                 let cfg = skiff_api::server::ServerConfig {
                     data_dir: data_dir.clone(),
                     bind,
+                    tls_sans,
                     port,
                     limits: skiff_api::listen::Limits {
                         header_read_timeout: request_header_timeout,

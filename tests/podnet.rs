@@ -7,35 +7,13 @@
 
 mod common;
 
+use common::net::{net_guard, pod_ip, wget_in};
 use common::pods::{apply, running, wait_for, wait_gone};
 use common::{Server, guest, kube_client};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use std::net::Ipv4Addr;
 use std::path::Path;
-
-/// `net-guard.sh` beside the project (or `SKIFF_NET_GUARD`).
-fn net_guard(arg: &str) -> String {
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/net-guard.sh");
-    let script = std::env::var("SKIFF_NET_GUARD").unwrap_or_else(|_| {
-        if beside.exists() {
-            beside.display().to_string()
-        } else {
-            "/work/shared/net-guard.sh".to_string()
-        }
-    });
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(arg)
-        .output()
-        .unwrap_or_else(|e| panic!("{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// This file's ClusterIPs, inside the guarded 10.96.0.0/12 and apart from other tests'.
 const SERVICE_CIDR: &str = "10.100.160.0/24";
@@ -62,15 +40,6 @@ async fn get(ip: Ipv4Addr, port: u16, path: &str) -> String {
         .unwrap_or_else(|e| panic!("GET http://{ip}:{port}{path}: {e}"));
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
-}
-
-fn pod_ip(p: &Pod) -> Ipv4Addr {
-    p.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .unwrap_or_else(|| panic!("no podIP: {:?}", p.status))
-        .parse()
-        .unwrap()
 }
 
 /// The pod network alone, on real links in real namespaces: two pods on one node's
@@ -170,7 +139,7 @@ async fn pods_get_addresses_of_the_node_cidr_and_are_reached_there() {
     apply(
         &s,
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: front\n  labels: {{app: front}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: app\n    image: {wasm}\n    ports:\n    - containerPort: 8080\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: box\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: httpd\n    image: {image}\n    command: [\"/bin/httpd\", \"-f\", \"-p\", \"8081\", \"-h\", \"/etc\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: front\n  labels: {{app: front}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: app\n    image: {wasm}\n    ports:\n    - containerPort: 8080\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: box\n  labels: {{app: box}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: httpd\n    image: {image}\n    command: [\"/bin/httpd\", \"-f\", \"-p\", \"8081\", \"-h\", \"/etc\"]\n"
         ),
     );
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -196,14 +165,7 @@ async fn pods_get_addresses_of_the_node_cidr_and_are_reached_there() {
     assert!(get(a, 8080, "/").await.contains("hello"), "Wasm front");
     assert_eq!(get(b, 8081, "/hostname").await.trim(), "box");
     // Pod to pod: the container fetches the Wasm service on its pod address.
-    let out = s.kubectl_ok(&[
-        "exec",
-        "box",
-        "--",
-        "wget",
-        "-qO-",
-        &format!("http://{a}:8080/"),
-    ]);
+    let out = wget_in(&s, "box", &format!("http://{a}:8080/"));
     assert!(out.contains("hello"), "{out}");
 
     // A Service of the Wasm front lists it at its pod address.
@@ -254,20 +216,41 @@ async fn pods_get_addresses_of_the_node_cidr_and_are_reached_there() {
     // (Not from the node itself here: the net guard's output chain sees a connection of
     // the node's DNATed to a pod still on the uplink, as netfilter names the device
     // there, and drops it; the multi-node test checks that path from a node namespace.)
-    let out = s.kubectl_ok(&[
-        "exec",
-        "box",
-        "--",
-        "wget",
-        "-qO-",
-        &format!("http://{vip}/"),
-    ]);
+    let out = wget_in(&s, "box", &format!("http://{vip}/"));
     assert!(out.contains("hello"), "pod → ClusterIP: {out}");
+    // Hairpin: the container reaches itself through a Service of its own (masqueraded,
+    // so the reply comes back through the node and is translated back).
+    apply(
+        &s,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: box\nspec:\n  selector: {app: box}\n  ports:\n  - {port: 80, targetPort: 8081}\n",
+    );
+    let own: Ipv4Addr = s
+        .kubectl_ok(&["get", "svc", "box", "-o", "jsonpath={.spec.clusterIP}"])
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !nft(&["list", "table", "ip", &table]).contains(&format!("{b} . {b}")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never a hairpin: {}",
+            nft(&["list", "table", "ip", &table])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = wget_in(&s, "box", &format!("http://{own}/hostname"));
+    assert_eq!(out.trim(), "box", "pod → its own ClusterIP");
+    s.kubectl_ok(&["delete", "svc", "box"]);
     // An address of the service CIDR that no Service has is dropped on the node.
     let unassigned = std::net::SocketAddr::from((Ipv4Addr::new(10, 100, 160, 250), 80));
     let e = std::net::TcpStream::connect_timeout(&unassigned, std::time::Duration::from_secs(1))
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    // An address of the cluster CIDR that no node holds is refused at once: it never
+    // takes the default route.
+    let nowhere = std::net::SocketAddr::from((Ipv4Addr::new(10, 42, 175, 5), 80));
+    let e = std::net::TcpStream::connect_timeout(&nowhere, std::time::Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::HostUnreachable, "{e}");
     s.kubectl_ok(&["delete", "svc", "front"]);
 
     // Deleted, they leave no veth and no address behind.
@@ -318,6 +301,16 @@ async fn pods_get_addresses_of_the_node_cidr_and_are_reached_there() {
     // gone with them.
     drop(s);
     nft(&["delete", "table", "ip", &table]);
+    let _ = std::process::Command::new("ip")
+        .args([
+            "route",
+            "del",
+            "unreachable",
+            "10.42.160.0/20",
+            "proto",
+            "151",
+        ])
+        .status();
     let bridge = skiff_runtime::podnet::bridge_name("pn-node");
     let _ = std::process::Command::new("ip")
         .args(["link", "del", &bridge])

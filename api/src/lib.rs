@@ -21,6 +21,7 @@
 //!     audit: None,
 //!     pod_security_default: skiff_api::podsecurity::Level::Baseline,
 //!     service_cidr: skiff_api::apiserver::serviceips::default_service_cidr(),
+//!     tls_sans: vec![],
 //! };
 //! run(cfg, std::future::pending(), |r| println!("kubeconfig: {}", r.credentials.kubeconfig.display())).await
 //! # }

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub pod_security_default: crate::podsecurity::Level,
     /// Where Services' ClusterIPs come from.
     pub service_cidr: ipnet::Ipv4Net,
+    /// More names and addresses the serving certificate covers (`--tls-san`), besides
+    /// localhost, the bind address and the host name.
+    pub tls_sans: Vec<String>,
 }
 
 /// Failures that stop the server.
@@ -128,12 +131,13 @@ fn hostname() -> Option<String> {
 }
 
 /// The names the serving certificate covers.
-fn sans(bind: IpAddr) -> Vec<String> {
+fn sans(bind: IpAddr, extra: &[String]) -> Vec<String> {
     let mut v = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
+    v.extend(extra.iter().cloned());
     if !bind.is_unspecified() {
         v.push(bind.to_string());
     }
@@ -206,7 +210,7 @@ pub async fn run(
     };
     let creds = pki::ensure(
         &config.data_dir,
-        &sans(config.bind),
+        &sans(config.bind, &config.tls_sans),
         &format!("https://{url_host}:{}", addr.port()),
     )?;
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&creds)?));

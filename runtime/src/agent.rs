@@ -403,10 +403,19 @@ pub async fn start(
     let image_gc = cfg.image_gc;
     let ipam_dir = cfg.data_dir.join("ipam");
     let proxy = cfg.proxy.clone();
+    let proxy_cluster_cidr = proxy.as_ref().map(|p| p.cluster_cidr);
     let run = async move {
         let network_task = tokio::spawn(pod_network(ctx.clone(), node_name.clone(), ipam_dir));
         let proxy_task = proxy
             .map(|p| tokio::spawn(crate::proxy::run(ctx.client.clone(), node_name.clone(), p)));
+        // Routes to the other nodes' pods come with the pod network (and its proxy).
+        let routes_task = proxy_cluster_cidr.map(|cidr| {
+            tokio::spawn(crate::podnet::routes::run(
+                ctx.client.clone(),
+                node_name.clone(),
+                cidr,
+            ))
+        });
         let changed = ctx.node_changed.clone();
         let keeper_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(LEASE_RENEW);
@@ -434,7 +443,7 @@ pub async fn start(
         }
         keeper_task.abort();
         network_task.abort();
-        if let Some(t) = proxy_task {
+        for t in [proxy_task, routes_task].into_iter().flatten() {
             t.abort();
         }
         log_task.abort();

@@ -9,6 +9,8 @@
 //! is made with rtnetlink requests from Rust ([`netns::Route`]); each step accepts what
 //! an earlier, interrupted attempt left, so set-up can simply be run again.
 
+pub mod routes;
+
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, Route};
 use ipnet::Ipv4Net;
@@ -131,6 +133,26 @@ fn add_default_route(route: &mut Route, index: u32, gateway: Ipv4Addr) -> io::Re
     ))
 }
 
+/// `bridge link set dev INDEX hairpin on`: the bridge port's `IFLA_BRPORT_MODE`, nested
+/// in `IFLA_PROTINFO` of an `AF_BRIDGE` link message (the crate's bridge protinfo is not
+/// emitted nested, which the kernel needs, so the attribute is built here).
+fn set_hairpin(route: &mut Route, index: u32) -> io::Result<()> {
+    use netlink_packet_core::{DefaultNla, Emitable as _, NLA_F_NESTED};
+    const IFLA_PROTINFO: u16 = 12;
+    const IFLA_BRPORT_MODE: u16 = 4;
+    let mode = DefaultNla::new(IFLA_BRPORT_MODE, vec![1]);
+    let mut nested = vec![0; mode.buffer_len()];
+    mode.emit(&mut nested);
+    let mut msg = LinkMessage::default();
+    msg.header.interface_family = AddressFamily::Bridge;
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Other(DefaultNla::new(
+        IFLA_PROTINFO | NLA_F_NESTED,
+        nested,
+    )));
+    route.request(RouteNetlinkMessage::SetLink(msg))
+}
+
 impl PodNetwork {
     /// The network of node `node` on block `pod_cidr`, its addresses kept in
     /// `state_dir`: makes the bridge with the gateway address if it is missing.
@@ -233,12 +255,9 @@ impl PodNetwork {
             .ok_or_else(|| nl(what("veth"))(io::Error::other("made but not found")))?;
         route.set_up(host_index).map_err(nl(what("veth up")))?;
         // Hairpin: a pod that reaches a Service of its own is sent back down its own
-        // port (one sysfs write; the bridge-port attribute over rtnetlink says the same).
-        std::fs::write(
-            format!("/sys/class/net/{host_end}/brport/hairpin_mode"),
-            "1",
-        )
-        .map_err(nl(what("hairpin mode")))?;
+        // port. Over rtnetlink rather than sysfs: /sys shows the links of the namespace
+        // that mounted it, not necessarily the agent's.
+        set_hairpin(&mut route, host_index).map_err(nl(what("hairpin mode")))?;
         let prefix = self.ipam.range().prefix_len();
         let gateway = self.gateway();
         netns::run_in(netns_path, move |r| -> io::Result<()> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod net;
 pub mod pods;
 
 use std::io::{BufRead, BufReader};
@@ -287,6 +288,9 @@ pub struct Agent {
     pub token_file: Option<PathBuf>,
     extra: Vec<String>,
     child: Option<Child>,
+    /// The network namespace (by `ip netns` name) it runs in, and its address there.
+    netns: Option<String>,
+    node_ip: String,
 }
 
 impl Agent {
@@ -303,6 +307,8 @@ impl Agent {
             token_file: Some(token_file.to_path_buf()),
             extra: Vec::new(),
             child: None,
+            netns: None,
+            node_ip: "127.0.0.1".into(),
         };
         a.restart();
         a
@@ -317,6 +323,32 @@ impl Agent {
             token_file: Some(server.dir.join("node-token")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            netns: None,
+            node_ip: "127.0.0.1".into(),
+        };
+        a.restart();
+        a
+    }
+
+    /// An agent in network namespace `netns` (an `ip netns` name), at `node_ip` there,
+    /// joining the server at `server_url` with its node token.
+    pub fn start_in_netns(
+        server: &Server,
+        server_url: &str,
+        name: &str,
+        netns: &str,
+        node_ip: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let mut a = Agent {
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            server_url: server_url.to_string(),
+            token_file: Some(server.dir.join("node-token")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            netns: Some(netns.to_string()),
+            node_ip: node_ip.to_string(),
         };
         a.restart();
         a
@@ -339,7 +371,18 @@ impl Agent {
     /// Start (again) on the same state directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the agent first");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        // `nsenter` enters the network namespace alone and executes the agent (the pid is
+        // its); `ip netns exec` would also give it a mount namespace of its own, with a
+        // /sys of the network namespace and without the machine's cgroup mounts.
+        let mut cmd = match &self.netns {
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_skiff"));
+                c
+            }
+        };
         cmd.args(["agent", "--server", &self.server_url]);
         if let Some(f) = &self.token_file {
             cmd.arg("--token-file").arg(f);
@@ -353,7 +396,7 @@ impl Agent {
                 "--node-port",
                 "0",
                 "--node-ip",
-                "127.0.0.1",
+                &self.node_ip,
             ])
             .args(&self.extra)
             .env("RUST_LOG", "warn")
@@ -495,13 +538,20 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_on("127.0.0.1")
+    }
+
+    /// A registry listening on `addr` (`0.0.0.0`: also for nodes in network namespaces
+    /// of a test's own, on a bridge address of the machine); pushes still go to
+    /// loopback.
+    pub fn start_on(addr: &str) -> Registry {
         let storage = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}:{port}}}\n",
                 storage.path().join("data").display()
             ),
         )

@@ -1,8 +1,9 @@
 //! Kubernetes' Node authorizer and NodeRestriction admission for node agents.
 //!
-//! A node reads its own Node and Lease, the pods bound to it (listing and watching only
-//! with `fieldSelector=spec.nodeName=<itself>`), RuntimeClasses, Services and
-//! EndpointSlices (what its Service proxy serves), and the Secrets,
+//! A node reads every Node (it routes to their pods), its own Lease, the pods bound to
+//! it (listing and watching only with `fieldSelector=spec.nodeName=<itself>`),
+//! RuntimeClasses, Services and EndpointSlices (what its Service proxy serves), and the
+//! Secrets,
 //! ConfigMaps, PersistentVolumeClaims and ServiceAccounts that those pods reference;
 //! nothing else. What a pod references is kept in a [`NodeGraph`]: the apiserver updates
 //! it as it writes pods (so a pod bound a moment ago is never refused for the graph being
@@ -307,15 +308,9 @@ pub fn authorize(node: &str, a: &Attributes<'_>, graph: &dyn Graph) -> Decision 
         return referenced(node, a, k, graph);
     }
     match (kind, a.sub, a.verb) {
-        ("Node", None, "get" | "list" | "watch") => match a.name {
-            Some(n) if n == node => allow(),
-            Some(n) => no(format!(
-                "node '{node}' cannot read '{n}', only its own Node object"
-            )),
-            None => no(format!(
-                "node '{node}' cannot read all nodes, only its own Node object"
-            )),
-        },
+        // Every Node, as Kubernetes' `system:node` role reads them: a node routes to the
+        // others' podCIDRs (and its Service proxy needs their addresses).
+        ("Node", None, "get" | "list" | "watch") => allow(),
         ("Node", None, "create") => Decision::Allow(Restriction::CreateNamed(node.to_string())),
         ("Node", None | Some("status"), "update" | "patch") if own => {
             Decision::Allow(Restriction::NodeLabels(node.to_string()))
