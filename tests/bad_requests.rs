@@ -497,6 +497,22 @@ fn cases(existing_pod_rv: &str) -> Vec<Case> {
             "spec.ports[0].port",
         ),
         case(
+            "a session affinity Kubernetes does not have",
+            "POST",
+            "/api/v1/namespaces/default/services",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}], "sessionAffinity": "Sticky"}}),
+            422,
+            "spec.sessionAffinity: Unsupported value: \"Sticky\"",
+        ),
+        case(
+            "a ClientIP affinity timeout past a day",
+            "POST",
+            "/api/v1/namespaces/default/services",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}}}),
+            422,
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 86401",
+        ),
+        case(
             "a namespace name with capitals",
             "POST",
             "/api/v1/namespaces",

@@ -63,6 +63,11 @@ pub fn apply(res: &Resource, o: &mut Value) {
             let s = obj(&mut o["spec"]);
             default(s, "type", json!("ClusterIP"));
             default(s, "sessionAffinity", json!("None"));
+            if s.get("sessionAffinity") == Some(&json!("ClientIP")) {
+                let cfg = obj(s.entry("sessionAffinityConfig").or_insert(Value::Null));
+                let ip = obj(cfg.entry("clientIP").or_insert(Value::Null));
+                default(ip, "timeoutSeconds", json!(10800));
+            }
             if s.get("type") != Some(&json!("ExternalName")) {
                 default(s, "ipFamilies", json!(["IPv4"]));
                 default(s, "ipFamilyPolicy", json!("SingleStack"));

@@ -40,6 +40,7 @@ fn ports(services: u32) -> Vec<ServicePort> {
                     )
                 })
                 .collect(),
+            affinity: None,
         })
         .collect()
 }

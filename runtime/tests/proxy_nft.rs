@@ -1,8 +1,9 @@
 //! The Service proxy's nftables ruleset in the real kernel: two network namespaces of
 //! the test's own making joined by a veth pair, the ruleset applied in the client's, a
 //! busybox `httpd` per endpoint in the server's. A ClusterIP reaches its endpoints
-//! (balanced over both), a Service without endpoints and a port a Service lacks are
-//! refused, an unallocated ClusterIP is dropped. No packet leaves the two namespaces.
+//! (balanced over both, or always the same one with ClientIP affinity), a Service
+//! without endpoints and a port a Service lacks are refused, an unallocated ClusterIP is
+//! dropped. No packet leaves the two namespaces.
 
 #![allow(clippy::unwrap_used)]
 
@@ -129,6 +130,7 @@ fn service(name: &str, cluster_ip: &str, eps: &[&str]) -> ServicePort {
             .iter()
             .map(|e| e.parse::<SocketAddrV4>().unwrap())
             .collect(),
+        affinity: None,
     }
 }
 
@@ -163,9 +165,18 @@ fn cluster_ips_reach_their_endpoints_and_nothing_else() {
         service_cidr: "10.96.0.0/12".parse().unwrap(),
         masquerade_egress: true,
     };
+    let sticky = ServicePort {
+        affinity: Some(60),
+        ..service(
+            "sticky",
+            "10.96.0.12",
+            &["10.250.0.2:8080", "10.250.0.2:8081"],
+        )
+    };
     let ports = [
         service("web", "10.96.0.10", &["10.250.0.2:8080", "10.250.0.2:8081"]),
         service("idle", "10.96.0.11", &[]),
+        sticky.clone(),
     ];
     let applied = Rules::of(&cfg, &ports);
     let out = nft(&p.client, &full(&cfg, &applied));
@@ -189,6 +200,11 @@ fn cluster_ips_reach_their_endpoints_and_nothing_else() {
         .map(|_| get(&p.client, "10.96.0.10").unwrap())
         .collect();
     assert_eq!(seen, BTreeSet::from(["one".to_string(), "two".to_string()]));
+    // ClientIP affinity: the client stays on the endpoint it was first given.
+    let stuck: BTreeSet<String> = (0..20)
+        .map(|_| get(&p.client, "10.96.0.12").unwrap())
+        .collect();
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
 
     // Refused at once: no endpoints, or a port the Service does not have.
     let e = get(&p.client, "10.96.0.11").unwrap_err();
@@ -204,6 +220,7 @@ fn cluster_ips_reach_their_endpoints_and_nothing_else() {
     let ports = [
         service("web", "10.96.0.10", &["10.250.0.2:8080"]),
         service("idle", "10.96.0.11", &["10.250.0.2:8081"]),
+        sticky,
     ];
     let want = Rules::of(&cfg, &ports);
     let out = nft(&p.client, &update(&cfg, &applied, &want));

@@ -514,6 +514,44 @@ fn service(obj: &Value, out: &mut Vec<Cause>) {
         }
     }
     labels("spec.selector", spec.get("selector"), out);
+    session_affinity(spec, out);
+}
+
+/// Kubernetes' bound on `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const MAX_AFFINITY_SECONDS: i64 = 86400;
+
+fn session_affinity(spec: &Value, out: &mut Vec<Cause>) {
+    let config = spec.get("sessionAffinityConfig").filter(|c| !c.is_null());
+    match spec["sessionAffinity"].as_str() {
+        None | Some("None") => {
+            if let Some(c) = config {
+                out.push(Cause::invalid(
+                    "spec.sessionAffinityConfig",
+                    c,
+                    "must not be set when session affinity is None",
+                ));
+            }
+        }
+        Some("ClientIP") => {
+            let t = &spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"];
+            if !t.is_null()
+                && !t
+                    .as_i64()
+                    .is_some_and(|t| t > 0 && t <= MAX_AFFINITY_SECONDS)
+            {
+                out.push(Cause::invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    t,
+                    format!("must be greater than 0 and less than {MAX_AFFINITY_SECONDS}"),
+                ));
+            }
+        }
+        Some(_) => out.push(Cause::not_supported(
+            "spec.sessionAffinity",
+            &spec["sessionAffinity"],
+            &["ClientIP", "None"],
+        )),
+    }
 }
 
 fn data_keys(kind: &str, obj: &Value, out: &mut Vec<Cause>) {

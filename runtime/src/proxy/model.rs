@@ -6,6 +6,8 @@
 //! true); when none is, the serving ones that are terminating, so connections drain to
 //! pods on their way out rather than fail; for `internalTrafficPolicy: Local`, only
 //! those on this node. A slice's port matches a Service port by name and protocol.
+//! `sessionAffinity: ClientIP` keeps a client on the endpoint it was given for the
+//! Service's `timeoutSeconds` (10800 when unset, as Kubernetes defaults it).
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -60,7 +62,12 @@ pub struct ServicePort {
     pub port: u16,
     /// Where connections go, sorted; empty: refused.
     pub endpoints: Vec<SocketAddrV4>,
+    /// `sessionAffinity: ClientIP`: for how many seconds a client keeps its endpoint.
+    pub affinity: Option<u32>,
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 impl ServicePort {
     /// `ns/name/proto/port-name`, which names its chains.
@@ -97,6 +104,15 @@ pub fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
         return Vec::new();
     };
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
     let own: Vec<&EndpointSlice> = slices
         .iter()
         .copied()
@@ -129,6 +145,7 @@ pub fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             cluster_ip,
             port,
             endpoints,
+            affinity,
         });
     }
     out
@@ -331,6 +348,30 @@ mod tests {
             let ports = service_ports(&svc(spec), &refs, "a");
             assert_eq!(ports.len(), 1, "{what}");
             assert_eq!(addrs(&ports[0]), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn client_ip_affinity_comes_with_its_timeout() {
+        let ports = json!([{"port": 80}]);
+        for (spec, want) in [
+            (json!({"clusterIP": "10.96.0.10", "ports": ports}), None),
+            (
+                json!({"clusterIP": "10.96.0.10", "sessionAffinity": "None", "ports": ports}),
+                None,
+            ),
+            (
+                json!({"clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP", "ports": ports}),
+                Some(10800),
+            ),
+            (
+                json!({"clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}, "ports": ports}),
+                Some(60),
+            ),
+        ] {
+            let p = &service_ports(&svc(spec.clone()), &[], "a")[0];
+            assert_eq!(p.affinity, want, "{spec}");
         }
     }
 

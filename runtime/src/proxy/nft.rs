@@ -9,6 +9,10 @@
 //!   DNATs to an endpoint picked with `numgen random` from a map of its endpoints'
 //!   `addr . port` (one rule; kube-proxy has a chain per endpoint, and `nft` loads a
 //!   table of many chains far slower: BENCHMARKS.md, "Service proxy").
+//! - A Service port with `sessionAffinity: ClientIP` keeps kube-proxy's chain per
+//!   endpoint: the endpoint's chain records the client in a set of its own (dynamic,
+//!   with the Service's timeout) and DNATs; the port's chain sends a client found in one
+//!   of those sets to that endpoint, and the others to one picked at random.
 //! - `nat-postrouting` (srcnat) masquerades marked traffic, hairpin traffic (a pod
 //!   reaching itself through a Service: source and destination an endpoint's address,
 //!   from the `hairpin` set), and pod traffic leaving the cluster CIDR when egress
@@ -59,6 +63,19 @@ pub fn service_chain(p: &ServicePort) -> String {
     format!("svc-{}-{key}", &hash(&key)[..8])
 }
 
+/// The chain of one endpoint of a Service port with ClientIP affinity (the timeout is
+/// part of its name: a new timeout makes a new chain and set, never a changed one).
+pub fn endpoint_chain(p: &ServicePort, ep: &std::net::SocketAddrV4) -> String {
+    let key = format!("{}__{}/{}", p.key(), ep.ip(), ep.port());
+    let salted = format!("{key}__{}", p.affinity.unwrap_or_default());
+    format!("ep-{}-{key}", &hash(&salted)[..8])
+}
+
+/// The affinity set of an endpoint's chain.
+fn affinity_set(chain: &str) -> String {
+    format!("affinity-{}", chain.trim_start_matches("ep-"))
+}
+
 /// The transaction that removes the table (and everything in it), whether or not it is
 /// there.
 pub fn teardown(table: &str) -> String {
@@ -89,6 +106,8 @@ const HAIRPIN: &str = "hairpin";
 /// applied is kept, so the next one writes only the difference.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {
+    /// Sets of ClientIP affinity: name → declaration.
+    sets: BTreeMap<String, String>,
     chains: BTreeMap<String, Vec<String>>,
     elements: BTreeMap<&'static str, BTreeMap<String, String>>,
 }
@@ -120,10 +139,17 @@ impl Rules {
             return;
         }
         let svc = service_chain(p);
+        for ep in &p.endpoints {
+            self.element(HAIRPIN, format!("{0} . {0}", ep.ip()), String::new());
+        }
+        if let Some(timeout) = p.affinity {
+            self.add_sticky_port(cfg, p, &svc, timeout);
+            self.element(SERVICE_IPS, dest, format!("goto {svc}"));
+            return;
+        }
         let mut picks = Vec::new();
         for (i, ep) in p.endpoints.iter().enumerate() {
             picks.push(format!("{i} : {} . {}", ep.ip(), ep.port()));
-            self.element(HAIRPIN, format!("{0} . {0}", ep.ip()), String::new());
         }
         let rules = vec![
             format!("ip saddr != {} jump mark-for-masquerade", cfg.cluster_cidr),
@@ -136,6 +162,39 @@ impl Rules {
         ];
         self.element(SERVICE_IPS, dest, format!("goto {svc}"));
         self.chains.insert(svc, rules);
+    }
+
+    /// A port with ClientIP affinity, as kube-proxy lays it out: a chain and an
+    /// affinity set per endpoint.
+    fn add_sticky_port(&mut self, cfg: &Config, p: &ServicePort, svc: &str, timeout: u32) {
+        let mut rules = vec![format!(
+            "ip saddr != {} jump mark-for-masquerade",
+            cfg.cluster_cidr
+        )];
+        let mut picks = Vec::new();
+        for (i, ep) in p.endpoints.iter().enumerate() {
+            let chain = endpoint_chain(p, ep);
+            let set = affinity_set(&chain);
+            self.sets.insert(
+                set.clone(),
+                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ;"),
+            );
+            self.chains.insert(
+                chain.clone(),
+                vec![
+                    format!("update @{set} {{ ip saddr }}"),
+                    format!("meta l4proto {} dnat to {ep}", p.protocol.nft()),
+                ],
+            );
+            rules.push(format!("ip saddr @{set} goto {chain}"));
+            picks.push(format!("{i} : goto {chain}"));
+        }
+        rules.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            picks.len(),
+            picks.join(" , ")
+        ));
+        self.chains.insert(svc.to_string(), rules);
     }
 }
 
@@ -163,6 +222,9 @@ pub fn ruleset(cfg: &Config, ports: &[ServicePort]) -> String {
 pub fn full(cfg: &Config, rules: &Rules) -> String {
     let t = &cfg.table;
     let mut o = base(cfg);
+    for (name, decl) in &rules.sets {
+        let _ = writeln!(o, "add set ip {t} {name} {{ {decl} }}");
+    }
     for (name, chain_rules) in &rules.chains {
         add_chain(&mut o, t, name, chain_rules);
     }
@@ -175,12 +237,18 @@ pub fn full(cfg: &Config, rules: &Rules) -> String {
 }
 
 /// The transaction that turns the table holding `applied` into one holding `want`:
-/// new chains first, changed ones flushed and written again, elements removed and
-/// added, and chains no longer used flushed and deleted last (nothing refers to them
-/// by then). Empty when nothing changed.
+/// new affinity sets and chains first, changed chains flushed and written again,
+/// elements removed and added, and chains no longer used flushed and deleted last, then
+/// their sets (nothing refers to them by then). Empty when nothing changed.
 pub fn update(cfg: &Config, applied: &Rules, want: &Rules) -> String {
     let t = &cfg.table;
     let mut o = String::new();
+    // A set's declaration never changes under its name (the timeout is in it).
+    for (name, decl) in &want.sets {
+        if !applied.sets.contains_key(name) {
+            let _ = writeln!(o, "add set ip {t} {name} {{ {decl} }}");
+        }
+    }
     for (name, rules) in &want.chains {
         match applied.chains.get(name) {
             None => add_chain(&mut o, t, name, rules),
@@ -220,6 +288,9 @@ pub fn update(cfg: &Config, applied: &Rules, want: &Rules) -> String {
     }
     for c in &gone {
         let _ = writeln!(o, "delete chain ip {t} {c}");
+    }
+    for name in applied.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
+        let _ = writeln!(o, "delete set ip {t} {name}");
     }
     o
 }

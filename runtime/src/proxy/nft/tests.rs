@@ -24,6 +24,7 @@ fn port(name: &str, ip: &str, port: u16, eps: &[&str]) -> ServicePort {
             .iter()
             .map(|e| e.parse::<SocketAddrV4>().unwrap())
             .collect(),
+        affinity: None,
     }
 }
 
@@ -130,6 +131,87 @@ fn a_sync_writes_only_what_changed() {
         format!("flush chain ip skiff-t {idle_svc}")
     );
     assert!(text.contains("delete element ip skiff-t service-ips { 10.96.0.11 . tcp . 80 }"));
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_chain_and_a_set_per_endpoint() {
+    let c = cfg();
+    let mut sticky = port(
+        "sticky",
+        "10.96.0.12",
+        80,
+        &["10.42.0.5:8080", "10.42.1.7:8080"],
+    );
+    sticky.affinity = Some(60);
+    let text = ruleset(&c, std::slice::from_ref(&sticky));
+    let svc = service_chain(&sticky);
+    let (a, b) = (
+        endpoint_chain(&sticky, &sticky.endpoints[0]),
+        endpoint_chain(&sticky, &sticky.endpoints[1]),
+    );
+    let (set_a, set_b) = (
+        format!("affinity-{}", a.trim_start_matches("ep-")),
+        format!("affinity-{}", b.trim_start_matches("ep-")),
+    );
+    for want in [
+        format!(
+            "add set ip skiff-t {set_a} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 60s ; }}"
+        ),
+        format!("add rule ip skiff-t {a} update @{set_a} {{ ip saddr }}"),
+        format!("add rule ip skiff-t {a} meta l4proto tcp dnat to 10.42.0.5:8080"),
+        format!("add rule ip skiff-t {svc} ip saddr @{set_a} goto {a}"),
+        format!("add rule ip skiff-t {svc} ip saddr @{set_b} goto {b}"),
+        format!(
+            "add rule ip skiff-t {svc} numgen random mod 2 vmap {{ 0 : goto {a} , 1 : goto {b} }}"
+        ),
+        "add element ip skiff-t hairpin { 10.42.0.5 . 10.42.0.5 }".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing {want}\n{text}");
+    }
+    // Sets before the chains that use them.
+    let at = |l: &str| text.find(l).unwrap();
+    assert!(at(&format!("add set ip skiff-t {set_a}")) < at(&format!("add chain ip skiff-t {a}")));
+
+    // Another timeout: new chains and sets; the old ones deleted after their chains.
+    let mut longer = sticky.clone();
+    longer.affinity = Some(120);
+    let (applied, want) = (
+        Rules::of(&c, &[sticky.clone()]),
+        Rules::of(&c, &[longer.clone()]),
+    );
+    let text = update(&c, &applied, &want);
+    let new_a = endpoint_chain(&longer, &longer.endpoints[0]);
+    assert_ne!(new_a, a);
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |l: String| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("missing {l}\n{text}"))
+    };
+    let made = pos(format!(
+        "add set ip skiff-t affinity-{} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 120s ; }}",
+        new_a.trim_start_matches("ep-")
+    ));
+    let chain_gone = pos(format!("delete chain ip skiff-t {a}"));
+    let set_gone = pos(format!("delete set ip skiff-t {set_a}"));
+    assert!(made < chain_gone && chain_gone < set_gone, "{text}");
+    // Without affinity again: no endpoint chain or set is left.
+    let text = update(
+        &c,
+        &want,
+        &Rules::of(
+            &c,
+            &[port(
+                "sticky",
+                "10.96.0.12",
+                80,
+                &["10.42.0.5:8080", "10.42.1.7:8080"],
+            )],
+        ),
+    );
+    assert_eq!(text.matches("delete set").count(), 2, "{text}");
+    assert_eq!(text.matches("delete chain").count(), 2, "{text}");
 }
 
 #[test]
