@@ -204,11 +204,12 @@ pub fn apply(want: &Wanted) -> io::Result<Applied> {
         NLM_F_CREATE | NLM_F_REPLACE,
     )?;
     for (&dst, &via) in &want.via {
+        // Not to an address of this node's own (another agent in this namespace).
+        let own = networks.iter().any(|(addr, ..)| *addr == via);
         let link = networks
             .iter()
-            .find(|(own, net, _)| net.contains(&via) && *own != via)
-            .map(|&(_, _, index)| index)
-            .filter(|_| !networks.iter().any(|(own, ..)| *own == via));
+            .find(|(_, net, _)| !own && net.contains(&via))
+            .map(|&(_, _, index)| index);
         let Some(index) = link else {
             done.unreachable.push((dst, via));
             continue;
@@ -389,7 +390,12 @@ mod tests {
                 .arg("ip")
                 .args(args.split(' '))
                 .output()
-                .unwrap();
+                .expect("nsenter and ip (util-linux, iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|l| l.trim().to_string())
